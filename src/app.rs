@@ -1,0 +1,442 @@
+//! The routes (the reference's `app.py`): one `match` on method and path into handlers that
+//! turn a parsed [`Request`] into a [`Reply`], and the one function that turns errors into
+//! statuses.
+//!
+//! Handlers never touch a socket or SQL: the server reads and bounds the request, `Auth`
+//! decides, and only the worker loop writes the reply. So every handler runs in a unit test.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use crate::auth::{Auth, AuthError, ResetDelivery};
+use crate::config::Config;
+use crate::user::{Email, InputError, Password};
+
+/// The cookie that carries the session id.
+pub const SESSION_COOKIE: &str = "session_id";
+
+/// Every (method, path) the router answers; `/metrics` only with `--metrics`. The OpenAPI
+/// document is tested against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("POST", "/users"),
+    ("POST", "/sessions"),
+    ("DELETE", "/sessions"),
+    ("GET", "/profile"),
+    ("POST", "/reset_password"),
+    ("PUT", "/reset_password"),
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+];
+
+/// A request as the handlers see it: already read and bounded by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path without its query string.
+    pub path: &'a str,
+    /// The raw `Cookie` header, if any.
+    pub cookie: Option<&'a str>,
+    /// The raw `X-Forwarded-For` header, if any (used only with `--trust-proxy`).
+    pub forwarded_for: Option<&'a str>,
+    /// The TCP peer's address.
+    pub peer: IpAddr,
+    pub body: &'a [u8],
+}
+
+/// A response, written to the socket by the worker loop alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// A line for the server's log (an internal error's cause); never sent to the client.
+    pub log: Option<String>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.to_string(),
+            headers: Vec::new(),
+            log: None,
+        }
+    }
+
+    /// `{"message": "..."}`, the body of every error.
+    pub fn message(status: u16, message: &str) -> Reply {
+        Reply::json(status, json!({ "message": message }))
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The 500 reply: an opaque body, the cause for the log only.
+    pub fn internal_error(cause: impl fmt::Display) -> Reply {
+        let mut reply = Reply::message(500, "internal error");
+        reply.log = Some(cause.to_string());
+        reply
+    }
+
+    /// The 413 reply, used by the server before the body is read.
+    pub fn body_too_large(limit: usize) -> Reply {
+        Reply::message(413, &format!("request body is larger than {limit} bytes"))
+    }
+}
+
+/// What a worker's handlers need: its `Auth` and the settings.
+pub struct Context<'a> {
+    pub auth: &'a Auth,
+    pub config: &'a Config,
+}
+
+/// Everything a request can be refused for, before or after `Auth` has its say.
+#[derive(Debug)]
+pub enum AppError {
+    /// The body is not `application/x-www-form-urlencoded` text.
+    BadForm,
+    /// A required form field is missing or empty.
+    MissingField(&'static str),
+    /// A field is present but refused by its parser.
+    Invalid(&'static str, InputError),
+    /// No session cookie, or one that names no live session.
+    NoSession,
+    NotFound,
+    MethodNotAllowed(String),
+    Auth(AuthError),
+}
+
+impl From<AuthError> for AppError {
+    fn from(e: AuthError) -> AppError {
+        AppError::Auth(e)
+    }
+}
+
+/// The one place errors become statuses and bodies.
+pub fn error_reply(error: AppError) -> Reply {
+    match error {
+        AppError::BadForm => Reply::message(400, "body is not valid form data"),
+        AppError::MissingField(field) => Reply::message(400, &format!("{field} is required")),
+        AppError::Invalid(field, e) => Reply::message(400, &format!("{field} {}", e.reason())),
+        AppError::NoSession => Reply::message(403, "no valid session"),
+        AppError::NotFound => Reply::message(404, "not found"),
+        AppError::MethodNotAllowed(allow) => {
+            Reply::message(405, "method not allowed").with_header("Allow", allow)
+        }
+        AppError::Auth(e) => match e {
+            AuthError::UserExists(_) => Reply::message(400, "email already registered"),
+            AuthError::InvalidLogin => Reply::message(401, "wrong email or password"),
+            AuthError::UnknownUser => Reply::message(403, "email not registered"),
+            AuthError::InvalidToken => Reply::message(403, "invalid reset token"),
+            AuthError::Throttled { retry_after } => {
+                Reply::message(429, "too many failed logins, try again later")
+                    .with_header("Retry-After", retry_after.to_string())
+            }
+            AuthError::Busy => Reply::message(503, "too many logins in progress, try again")
+                .with_header("Retry-After", "1"),
+            AuthError::Input(e) => Reply::message(400, &e.to_string()),
+            // The cause of a bcrypt error can quote a stored hash: log only its kind.
+            AuthError::Hash(_) => Reply::internal_error("bcrypt failed"),
+            e @ (AuthError::Delivery(_) | AuthError::Db(_)) => Reply::internal_error(e),
+        },
+    }
+}
+
+/// Routes one request. Errors from handlers become replies through [`error_reply`].
+pub fn handle(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
+    let result = match (rq.method, rq.path) {
+        ("GET", "/") => Ok(Reply::json(200, json!({ "message": "Bienvenue" }))),
+        ("POST", "/users") => register(ctx, rq),
+        ("POST", "/sessions") => log_in(ctx, rq),
+        ("DELETE", "/sessions") => log_out(ctx, rq),
+        ("GET", "/profile") => profile(ctx, rq),
+        ("POST", "/reset_password") => get_reset_password_token(ctx, rq),
+        ("PUT", "/reset_password") => update_password(ctx, rq),
+        ("GET", "/health") => Ok(health(ctx)),
+        ("GET", "/metrics") if ctx.config.metrics => Ok(metrics(ctx)),
+        (_, path) => Err(match allowed_methods(path, ctx.config.metrics) {
+            Some(allow) => AppError::MethodNotAllowed(allow),
+            None => AppError::NotFound,
+        }),
+    };
+    result.unwrap_or_else(error_reply)
+}
+
+/// The `Allow` header's value for a known path; `None` for an unknown one.
+fn allowed_methods(path: &str, metrics: bool) -> Option<String> {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, p)| *p == path && (metrics || *p != "/metrics"))
+        .map(|(m, _)| *m)
+        .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+/// `POST /users`: register.
+fn register(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let form = Form::parse(rq.body)?;
+    let email = form.email("email")?;
+    let password = form.new_password("password", ctx)?;
+    ctx.auth.register_user(&email, &password)?;
+    Ok(Reply::json(
+        200,
+        json!({ "email": email.as_str(), "message": "user created" }),
+    ))
+}
+
+/// `POST /sessions`: log in, setting the session cookie.
+fn log_in(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let form = Form::parse(rq.body)?;
+    let email = form.email("email")?;
+    let password = Password::parse(form.required("password")?)
+        .map_err(|e| AppError::Invalid("password", e))?;
+    let session_id = ctx
+        .auth
+        .log_in(client_address(ctx, rq), &email, &password)?;
+    let max_age = ctx.auth.shared().policy.session_ttl;
+    Ok(Reply::json(
+        200,
+        json!({ "email": email.as_str(), "message": "logged in" }),
+    )
+    .with_header("Set-Cookie", session_cookie(ctx, &session_id, max_age)))
+}
+
+/// `DELETE /sessions`: log out, clearing the cookie, and go home.
+fn log_out(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let user = ctx
+        .auth
+        .get_user_from_session_id(session_id(rq))?
+        .ok_or(AppError::NoSession)?;
+    ctx.auth.destroy_session(user.id)?;
+    Ok(Reply::json(302, json!({ "message": "logged out" }))
+        .with_header("Location", "/")
+        .with_header("Set-Cookie", session_cookie(ctx, "", 0)))
+}
+
+/// `GET /profile`: who the session belongs to.
+fn profile(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let user = ctx
+        .auth
+        .get_user_from_session_id(session_id(rq))?
+        .ok_or(AppError::NoSession)?;
+    Ok(Reply::json(200, json!({ "email": user.email })))
+}
+
+/// `POST /reset_password`: issue a reset token, in the response or through the command.
+fn get_reset_password_token(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let form = Form::parse(rq.body)?;
+    let email = form.email("email")?;
+    let body = match ctx.auth.request_password_reset(&email)? {
+        ResetDelivery::Token(token) => json!({ "email": email.as_str(), "reset_token": token }),
+        ResetDelivery::Sent => json!({ "email": email.as_str(), "message": "reset token sent" }),
+    };
+    Ok(Reply::json(200, body))
+}
+
+/// `PUT /reset_password`: spend a reset token on a new password.
+fn update_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let form = Form::parse(rq.body)?;
+    let email = form.email("email")?;
+    let token = form.required("reset_token")?;
+    let password = form.new_password("new_password", ctx)?;
+    ctx.auth.update_password_for(&email, token, &password)?;
+    Ok(Reply::json(
+        200,
+        json!({ "email": email.as_str(), "message": "Password updated" }),
+    ))
+}
+
+/// `GET /health`: 200 while the database answers a query.
+fn health(ctx: &Context<'_>) -> Reply {
+    match ctx.auth.db().ping() {
+        Ok(()) => Reply::json(200, json!({ "status": "ok" })),
+        Err(e) => {
+            let mut reply = Reply::message(503, "database unavailable");
+            reply.log = Some(format!("health check failed: {e}"));
+            reply
+        }
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+fn metrics(ctx: &Context<'_>) -> Reply {
+    Reply {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        body: ctx.auth.shared().metrics.render(),
+        headers: Vec::new(),
+        log: None,
+    }
+}
+
+/// The `Set-Cookie` value for a session id (empty and `Max-Age=0` to clear it).
+fn session_cookie(ctx: &Context<'_>, value: &str, max_age: i64) -> String {
+    let secure = if ctx.config.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// The `session_id` cookie's value, if the request carries one.
+pub fn session_id<'a>(rq: &Request<'a>) -> Option<&'a str> {
+    cookie_value(rq.cookie?, SESSION_COOKIE)
+}
+
+/// The first value of cookie `name` in a `Cookie` header (RFC 6265 section 5.4 form).
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| {
+            let value = value.trim();
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+        })
+    })
+}
+
+/// The client's address: the TCP peer, or behind a trusted proxy the last hop the proxy
+/// appended to `X-Forwarded-For` (earlier hops are the client's to forge).
+pub fn client_address(ctx: &Context<'_>, rq: &Request<'_>) -> IpAddr {
+    if !ctx.config.trust_proxy {
+        return rq.peer;
+    }
+    rq.forwarded_for
+        .and_then(|xff| xff.rsplit(',').next())
+        .and_then(|hop| hop.trim().parse().ok())
+        .unwrap_or(rq.peer)
+}
+
+/// A decoded `application/x-www-form-urlencoded` body. Percent-escapes must decode to UTF-8:
+/// a password is never silently altered by lossy decoding.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub fn parse(body: &[u8]) -> Result<Form, AppError> {
+        let body = std::str::from_utf8(body).map_err(|_| AppError::BadForm)?;
+        let mut fields = Vec::new();
+        for pair in body.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            fields.push((decode(key)?, decode(value)?));
+        }
+        Ok(Form(fields))
+    }
+
+    /// The first value of `name`, when present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The first value of `name`; missing or empty is [`AppError::MissingField`].
+    fn required(&self, name: &'static str) -> Result<&str, AppError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or(AppError::MissingField(name))
+    }
+
+    fn email(&self, name: &'static str) -> Result<Email, AppError> {
+        let raw = self.required(name)?;
+        Email::parse(raw).map_err(|e| match e {
+            InputError::EmptyEmail => AppError::MissingField(name),
+            e => AppError::Invalid(name, e),
+        })
+    }
+
+    fn new_password(&self, name: &'static str, ctx: &Context<'_>) -> Result<Password, AppError> {
+        let min = ctx.auth.shared().policy.min_password_length;
+        Password::parse_new(self.required(name)?, min).map_err(|e| AppError::Invalid(name, e))
+    }
+}
+
+fn decode(raw: &str) -> Result<String, AppError> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| AppError::BadForm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decodes_plus_and_escapes_and_keeps_the_first_value() {
+        let form = Form::parse(b"email=a%2Bb%40c.d&password=p+w%C3%A9&email=second").unwrap();
+        assert_eq!(form.get("email"), Some("a+b@c.d"));
+        assert_eq!(form.get("password"), Some("p w\u{e9}"));
+        assert_eq!(form.get("nope"), None);
+        assert_eq!(Form::parse(b"").unwrap(), Form::default());
+        assert_eq!(Form::parse(b"flag").unwrap().get("flag"), Some(""));
+    }
+
+    #[test]
+    fn form_refuses_what_is_not_utf8() {
+        assert!(matches!(
+            Form::parse(b"password=%FF"),
+            Err(AppError::BadForm)
+        ));
+        assert!(matches!(
+            Form::parse(b"password=\xff"),
+            Err(AppError::BadForm)
+        ));
+    }
+
+    #[test]
+    fn cookie_value_finds_the_named_cookie() {
+        assert_eq!(
+            cookie_value("a=1; session_id=xyz; b=2", "session_id"),
+            Some("xyz")
+        );
+        assert_eq!(cookie_value("session_id=\"q\"", "session_id"), Some("q"));
+        assert_eq!(
+            cookie_value("session_idx=1; xsession_id=2", "session_id"),
+            None
+        );
+        assert_eq!(cookie_value("", "session_id"), None);
+    }
+
+    #[test]
+    fn allowed_methods_lists_every_method_of_a_path() {
+        assert_eq!(
+            allowed_methods("/sessions", false).as_deref(),
+            Some("POST, DELETE")
+        );
+        assert_eq!(allowed_methods("/metrics", false), None);
+        assert_eq!(allowed_methods("/metrics", true).as_deref(), Some("GET"));
+        assert_eq!(allowed_methods("/nope", true), None);
+    }
+
+    #[test]
+    fn every_error_is_a_json_message() {
+        let errors = [
+            AppError::BadForm,
+            AppError::MissingField("email"),
+            AppError::NoSession,
+            AppError::NotFound,
+            AppError::MethodNotAllowed("GET".into()),
+            AppError::Auth(AuthError::Busy),
+            AppError::Auth(AuthError::Throttled { retry_after: 3 }),
+        ];
+        for e in errors {
+            let reply = error_reply(e);
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            assert!(body["message"].is_string(), "{reply:?}");
+            assert!(reply.status >= 400);
+        }
+    }
+}

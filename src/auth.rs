@@ -1,0 +1,600 @@
+//! `Auth`: the reference's `auth.py` (registration, login, sessions, password resets), plus
+//! what a real service needs: expiry, a login throttle, tokens hashed at rest, and a bound on
+//! how much bcrypt work runs at once.
+//!
+//! Each worker owns an `Auth` (and through it a [`Db`] connection); what must be common to all
+//! workers (policy, bcrypt gate, metrics) lives in [`Shared`] behind an `Arc`. bcrypt never
+//! runs inside a database transaction or under a mutex: only a counting gate bounds it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::db::{Db, DbError, Value};
+use crate::metrics::{LoginOutcome, Metrics};
+use crate::user::{Email, InputError, Password, User};
+
+/// The rules `Auth` applies, from the command line.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub bcrypt_cost: u32,
+    pub session_ttl: i64,
+    pub session_idle: i64,
+    pub reset_ttl: i64,
+    pub reset_command: Option<PathBuf>,
+    pub max_login_failures: u32,
+    pub login_window: i64,
+    pub min_password_length: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            bcrypt_cost: bcrypt::DEFAULT_COST,
+            session_ttl: 86_400,
+            session_idle: 7_200,
+            reset_ttl: 3_600,
+            reset_command: None,
+            max_login_failures: 5,
+            login_window: 900,
+            min_password_length: 1,
+        }
+    }
+}
+
+/// The per-address cap across all emails is this many times the per-pair limit.
+const ADDRESS_CAP_FACTOR: u32 = 10;
+/// A reset command that has not finished after this long is killed.
+const RESET_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a bcrypt slot before it is shed with 503.
+const BCRYPT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything that can go wrong in `Auth`. Messages are lowercase and carry no secret.
+#[derive(Debug)]
+pub enum AuthError {
+    /// Registration of an email that is taken (in any ASCII case).
+    UserExists(String),
+    /// No user has that email (reset requested for an unknown address, `create_session`).
+    UnknownUser,
+    /// Wrong password or unknown email at login: one error for both, on purpose.
+    InvalidLogin,
+    /// A reset token that is unknown, expired, spent, replaced or another email's.
+    InvalidToken,
+    /// Too many failed logins from this address (for this email, or for all); retry after
+    /// this many seconds.
+    Throttled { retry_after: u64 },
+    /// More bcrypt work is queued than can be served in time; retry after a second.
+    Busy,
+    /// A field failed to parse.
+    Input(InputError),
+    /// The reset command could not be run or failed.
+    Delivery(String),
+    /// bcrypt failed (a malformed stored hash, or the system's randomness).
+    Hash(bcrypt::BcryptError),
+    /// The store failed.
+    Db(DbError),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The reference's wording, capital and all.
+            AuthError::UserExists(email) => write!(f, "User {email} already exists"),
+            AuthError::UnknownUser => write!(f, "no such user"),
+            AuthError::InvalidLogin => write!(f, "wrong email or password"),
+            AuthError::InvalidToken => write!(f, "invalid reset token"),
+            AuthError::Throttled { retry_after } => {
+                write!(f, "too many failed logins, retry in {retry_after} s")
+            }
+            AuthError::Busy => write!(f, "too many logins in progress"),
+            AuthError::Input(e) => write!(f, "{e}"),
+            AuthError::Delivery(why) => write!(f, "reset command failed: {why}"),
+            AuthError::Hash(e) => write!(f, "bcrypt failed: {e}"),
+            AuthError::Db(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AuthError::Input(e) => Some(e),
+            AuthError::Hash(e) => Some(e),
+            AuthError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<DbError> for AuthError {
+    fn from(e: DbError) -> AuthError {
+        AuthError::Db(e)
+    }
+}
+
+impl From<InputError> for AuthError {
+    fn from(e: InputError) -> AuthError {
+        AuthError::Input(e)
+    }
+}
+
+impl From<bcrypt::BcryptError> for AuthError {
+    fn from(e: bcrypt::BcryptError) -> AuthError {
+        AuthError::Hash(e)
+    }
+}
+
+/// What a password-reset request produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResetDelivery {
+    /// No reset command is configured: the token goes back in the response (the reference).
+    Token(String),
+    /// The reset command received the token; the response must not carry it.
+    Sent,
+}
+
+/// What all workers' `Auth`s have in common.
+pub struct Shared {
+    pub policy: Policy,
+    pub metrics: Metrics,
+    /// A hash that matches nothing, verified for unknown emails so they cost what a wrong
+    /// password costs and the time of a login does not tell whether an address is registered.
+    dummy_hash: String,
+    gate: Gate,
+    failures_since_prune: AtomicU64,
+}
+
+impl Shared {
+    /// `bcrypt_slots` bounds the verifications and hashes running at once (the core count is
+    /// right: more only slows each one); `bcrypt_queue` bounds the requests waiting for a slot,
+    /// beyond which a request is answered 503 at once instead of tying up a worker.
+    pub fn new(policy: Policy, bcrypt_slots: usize, bcrypt_queue: usize) -> Shared {
+        // A cost-4 hash relabelled with the real cost: a well-formed hash whose verification
+        // runs the full cost, made in a millisecond instead of a quarter second at start.
+        let cheap = bcrypt::hash("auth-service dummy password", 4).expect("bcrypt at cost 4");
+        let dummy_hash = format!("$2b${:02}{}", policy.bcrypt_cost, &cheap[6..]);
+        Shared {
+            policy,
+            metrics: Metrics::default(),
+            dummy_hash,
+            gate: Gate::new(bcrypt_slots.max(1), bcrypt_queue),
+            failures_since_prune: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The reference's `Auth`, owning this worker's store connection.
+pub struct Auth {
+    db: Db,
+    shared: Arc<Shared>,
+}
+
+impl Auth {
+    pub fn new(db: Db, shared: Arc<Shared>) -> Auth {
+        Auth { db, shared }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// A salted bcrypt hash of `password` at the configured cost.
+    pub fn hash_password(&self, password: &Password) -> Result<String, AuthError> {
+        let _slot = self.shared.gate.enter()?;
+        Ok(bcrypt::hash(password.as_str(), self.policy().bcrypt_cost)?)
+    }
+
+    /// Registers a user. [`AuthError::UserExists`] when the email is taken in any case.
+    pub fn register_user(&self, email: &Email, password: &Password) -> Result<User, AuthError> {
+        // Checked first so a taken address costs no bcrypt; the unique constraint below still
+        // decides between two racing registrations.
+        match self.db.find_user_by(&[("email", email.as_str().into())]) {
+            Ok(_) => return Err(AuthError::UserExists(email.to_string())),
+            Err(DbError::NoResultFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let hashed = self.hash_password(password)?;
+        match self.db.add_user(email.as_str(), &hashed) {
+            Ok(user) => {
+                self.shared.metrics.registration();
+                Ok(user)
+            }
+            Err(DbError::AlreadyExists) => Err(AuthError::UserExists(email.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `password` is `email`'s. An unknown email runs the same bcrypt verification as
+    /// a known one, against a hash that matches nothing.
+    pub fn valid_login(&self, email: &Email, password: &Password) -> Result<bool, AuthError> {
+        Ok(self.check_password(email, password)?.is_some())
+    }
+
+    fn check_password(
+        &self,
+        email: &Email,
+        password: &Password,
+    ) -> Result<Option<User>, AuthError> {
+        let user = match self.db.find_user_by(&[("email", email.as_str().into())]) {
+            Ok(user) => Some(user),
+            Err(DbError::NoResultFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let hash = user
+            .as_ref()
+            .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
+        let matched = {
+            let _slot = self.shared.gate.enter()?;
+            let started = Instant::now();
+            let matched = bcrypt::verify(password.as_str(), hash)?;
+            self.shared.metrics.bcrypt_verified(started.elapsed());
+            matched
+        };
+        Ok(user.filter(|_| matched))
+    }
+
+    /// A new random UUID (version 4), as text.
+    pub fn generate_uuid() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Starts a session for `email`, replacing any earlier one, and returns its id. Only the
+    /// id's digest is stored.
+    pub fn create_session(&self, email: &Email) -> Result<String, AuthError> {
+        let user = self.find_by_email(email)?;
+        self.start_session(user.id)
+    }
+
+    fn start_session(&self, user_id: i64) -> Result<String, AuthError> {
+        let session_id = Auth::generate_uuid();
+        let now = now();
+        self.db.update_user(
+            user_id,
+            &[
+                ("session_id", digest(&session_id).into()),
+                ("session_created_at", now.into()),
+                ("session_seen_at", now.into()),
+            ],
+        )?;
+        Ok(session_id)
+    }
+
+    /// The user whose live session this is; `None` for no id, an unknown id or an expired
+    /// session (absolute lifetime or idle time). Keeps an active session alive, writing at
+    /// most about once a minute.
+    pub fn get_user_from_session_id(
+        &self,
+        session_id: Option<&str>,
+    ) -> Result<Option<User>, AuthError> {
+        let Some(session_id) = session_id.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let hashed = digest(session_id);
+        let user = match self
+            .db
+            .find_user_by(&[("session_id", hashed.clone().into())])
+        {
+            Ok(user) => user,
+            Err(DbError::NoResultFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let now = now();
+        let policy = self.policy();
+        let created = user.session_created_at.unwrap_or(i64::MIN);
+        let seen = user.session_seen_at.unwrap_or(i64::MIN);
+        if now >= created.saturating_add(policy.session_ttl)
+            || now >= seen.saturating_add(policy.session_idle)
+        {
+            return Ok(None);
+        }
+        // Refresh the idle clock only now and then, so a busy session is not a write per read.
+        let refresh_every = (policy.session_idle / 2).clamp(0, 60);
+        if now - seen >= refresh_every {
+            self.db.update_user_if(
+                user.id,
+                &[("session_id", hashed.into())],
+                &[("session_seen_at", now.into())],
+            )?;
+        }
+        Ok(Some(user))
+    }
+
+    /// Ends `user_id`'s session.
+    pub fn destroy_session(&self, user_id: i64) -> Result<(), AuthError> {
+        self.db.update_user(
+            user_id,
+            &[
+                ("session_id", Value::Null),
+                ("session_created_at", Value::Null),
+                ("session_seen_at", Value::Null),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A new reset token for `email`, replacing any earlier one; its digest is stored with an
+    /// expiry. [`AuthError::UnknownUser`] for an unknown email.
+    pub fn get_reset_password_token(&self, email: &Email) -> Result<String, AuthError> {
+        let user = self.find_by_email(email)?;
+        let token = Auth::generate_uuid();
+        self.db.update_user(
+            user.id,
+            &[
+                ("reset_token", digest(&token).into()),
+                ("reset_expires_at", (now() + self.policy().reset_ttl).into()),
+            ],
+        )?;
+        Ok(token)
+    }
+
+    /// `get_reset_password_token`, then delivery: through the reset command when one is
+    /// configured, else back to the caller (the reference's behaviour).
+    pub fn request_password_reset(&self, email: &Email) -> Result<ResetDelivery, AuthError> {
+        let token = self.get_reset_password_token(email)?;
+        self.shared.metrics.reset_requested();
+        match &self.policy().reset_command {
+            None => Ok(ResetDelivery::Token(token)),
+            Some(command) => {
+                run_reset_command(command, email, &token)?;
+                Ok(ResetDelivery::Sent)
+            }
+        }
+    }
+
+    /// Sets a new password with a reset token (the reference's signature: any user's token).
+    pub fn update_password(&self, reset_token: &str, password: &Password) -> Result<(), AuthError> {
+        self.reset_password(None, reset_token, password)
+    }
+
+    /// Sets a new password with a reset token that must belong to `email`. The token is spent,
+    /// and the user's session ends.
+    pub fn update_password_for(
+        &self,
+        email: &Email,
+        reset_token: &str,
+        password: &Password,
+    ) -> Result<(), AuthError> {
+        self.reset_password(Some(email), reset_token, password)
+    }
+
+    fn reset_password(
+        &self,
+        email: Option<&Email>,
+        reset_token: &str,
+        password: &Password,
+    ) -> Result<(), AuthError> {
+        if reset_token.is_empty() {
+            return Err(AuthError::InvalidToken);
+        }
+        let hashed_token = digest(reset_token);
+        let user = match self
+            .db
+            .find_user_by(&[("reset_token", hashed_token.clone().into())])
+        {
+            Ok(user) => user,
+            Err(DbError::NoResultFound) => return Err(AuthError::InvalidToken),
+            Err(e) => return Err(e.into()),
+        };
+        let expired = user.reset_expires_at.is_none_or(|at| now() >= at);
+        let other_email = email.is_some_and(|e| !e.as_str().eq_ignore_ascii_case(&user.email));
+        if expired || other_email {
+            return Err(AuthError::InvalidToken);
+        }
+        let hashed_password = self.hash_password(password)?;
+        // Conditional on the token still being there: of two racing resets, one wins.
+        let spent = self.db.update_user_if(
+            user.id,
+            &[("reset_token", hashed_token.into())],
+            &[
+                ("hashed_password", hashed_password.into()),
+                ("reset_token", Value::Null),
+                ("reset_expires_at", Value::Null),
+                ("session_id", Value::Null),
+                ("session_created_at", Value::Null),
+                ("session_seen_at", Value::Null),
+            ],
+        )?;
+        if !spent {
+            return Err(AuthError::InvalidToken);
+        }
+        self.shared.metrics.reset_completed();
+        Ok(())
+    }
+
+    /// A login from `client`: the throttle, the password check, then a new session whose id is
+    /// returned. Failures are counted per (address, email) and per address.
+    pub fn log_in(
+        &self,
+        client: IpAddr,
+        email: &Email,
+        password: &Password,
+    ) -> Result<String, AuthError> {
+        let pair = format!("pair {client} {}", email.as_str().to_ascii_lowercase());
+        let address = format!("addr {client}");
+        let policy = self.policy();
+        let now = now();
+        let limits = [
+            (&pair, policy.max_login_failures),
+            (
+                &address,
+                policy.max_login_failures.saturating_mul(ADDRESS_CAP_FACTOR),
+            ),
+        ];
+        for (scope, limit) in limits {
+            if let Some((failures, window_ends)) = self.db.login_failures(scope, now)? {
+                if failures >= limit {
+                    self.shared.metrics.login(LoginOutcome::Throttled);
+                    let retry_after = (window_ends - now).max(1) as u64;
+                    return Err(AuthError::Throttled { retry_after });
+                }
+            }
+        }
+        match self.check_password(email, password)? {
+            Some(user) => {
+                self.db.clear_login_failures(&pair)?;
+                let session_id = self.start_session(user.id)?;
+                self.shared.metrics.login(LoginOutcome::Ok);
+                Ok(session_id)
+            }
+            None => {
+                let now = self::now();
+                self.db
+                    .record_login_failure(&pair, now, policy.login_window)?;
+                self.db
+                    .record_login_failure(&address, now, policy.login_window)?;
+                self.prune_now_and_then(now)?;
+                self.shared.metrics.login(LoginOutcome::Failed);
+                Err(AuthError::InvalidLogin)
+            }
+        }
+    }
+
+    /// Every so many failures, drops the throttle's closed windows.
+    fn prune_now_and_then(&self, now: i64) -> Result<(), AuthError> {
+        let n = self
+            .shared
+            .failures_since_prune
+            .fetch_add(1, Ordering::Relaxed);
+        if n % 256 == 255 {
+            self.db.prune_login_failures(now)?;
+        }
+        Ok(())
+    }
+
+    fn find_by_email(&self, email: &Email) -> Result<User, AuthError> {
+        match self.db.find_user_by(&[("email", email.as_str().into())]) {
+            Ok(user) => Ok(user),
+            Err(DbError::NoResultFound) => Err(AuthError::UnknownUser),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// SHA-256 of a token, as lowercase hex: what the database holds instead of the token.
+/// Tokens are 122 random bits, so a fast unsalted digest is enough to make a stolen database
+/// useless for logging in while keeping lookups indexed.
+pub fn digest(token: &str) -> String {
+    let bytes = Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in bytes {
+        hex.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+        hex.push(char::from_digit((b & 0xf) as u32, 16).unwrap_or('0'));
+    }
+    hex
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs the operator's reset command with the email and token in its environment, bounded in
+/// time. Its output goes where the server's does; the token is never in its arguments, where
+/// `ps` would show it.
+fn run_reset_command(command: &PathBuf, email: &Email, token: &str) -> Result<(), AuthError> {
+    let mut child = Command::new(command)
+        .env("AUTH_EMAIL", email.as_str())
+        .env("AUTH_RESET_TOKEN", token)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| AuthError::Delivery(format!("could not start it: {e}")))?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                return Err(AuthError::Delivery(format!("it exited with {status}")))
+            }
+            Ok(None) if started.elapsed() > RESET_COMMAND_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(AuthError::Delivery("it timed out".into()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(AuthError::Delivery(format!("could not wait for it: {e}"))),
+        }
+    }
+}
+
+/// A counting semaphore for bcrypt work with a bounded queue.
+struct Gate {
+    state: Mutex<GateState>,
+    freed: Condvar,
+    slots: usize,
+    queue: usize,
+}
+
+struct GateState {
+    running: usize,
+    waiting: usize,
+}
+
+struct Slot<'a>(&'a Gate);
+
+impl Gate {
+    fn new(slots: usize, queue: usize) -> Gate {
+        Gate {
+            state: Mutex::new(GateState {
+                running: 0,
+                waiting: 0,
+            }),
+            freed: Condvar::new(),
+            slots,
+            queue,
+        }
+    }
+
+    /// A slot to run bcrypt in, or [`AuthError::Busy`] when the queue is full or the wait too
+    /// long. The mutex is held only to count, never during the work.
+    fn enter(&self) -> Result<Slot<'_>, AuthError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.running < self.slots {
+            state.running += 1;
+            return Ok(Slot(self));
+        }
+        if state.waiting >= self.queue {
+            return Err(AuthError::Busy);
+        }
+        state.waiting += 1;
+        let deadline = Instant::now() + BCRYPT_QUEUE_TIMEOUT;
+        while state.running >= self.slots {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.waiting -= 1;
+                return Err(AuthError::Busy);
+            }
+            state = self
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.waiting -= 1;
+        state.running += 1;
+        Ok(Slot(self))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.running -= 1;
+        self.0.freed.notify_one();
+    }
+}

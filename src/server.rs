@@ -1,0 +1,388 @@
+//! The HTTP side: a tiny_http server shared by N worker threads, each with its own `Auth` and
+//! database connection; bounded body reading; the access log; graceful shutdown.
+//!
+//! Only this module touches sockets. A worker reads and bounds a request, hands the
+//! app a [`Request`], and writes the [`Reply`] it gets back. A handler that panics is answered
+//! 500 and the worker carries on.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::app::{self, Context, Reply, Request};
+use crate::auth::{Auth, Shared};
+use crate::config::{self, Config};
+use crate::db::{Db, DbError};
+
+/// How long a connection may sit without sending a byte (idle keep-alive, a stalled header
+/// or body) before it is closed. Accepted sockets inherit it from the listening socket.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most time one request's body may take to arrive, however it trickles in.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A request handler: the app's router, or a stand-in in tests.
+pub type Handler = fn(&Context<'_>, &Request<'_>) -> Reply;
+
+/// Why the server could not start, or stopped on its own.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The database could not be opened or migrated.
+    Db(DbError),
+    /// The address could not be bound.
+    Bind(SocketAddr, io::Error),
+    /// tiny_http stopped delivering requests (its accept loop failed).
+    Accept(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Db(e) => write!(f, "database: {e}"),
+            ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ServerError::Accept(e) => write!(f, "the server stopped accepting requests: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Db(e) => Some(e),
+            ServerError::Bind(_, e) | ServerError::Accept(e) => Some(e),
+        }
+    }
+}
+
+impl From<DbError> for ServerError {
+    fn from(e: DbError) -> ServerError {
+        ServerError::Db(e)
+    }
+}
+
+/// A running server. Dropping it does not stop it: call [`Server::shutdown`], then
+/// [`Server::wait`].
+pub struct Server {
+    addr: SocketAddr,
+    stopper: Stopper,
+    workers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+/// Stops a server from any thread (a signal handler's, a test's).
+#[derive(Clone)]
+pub struct Stopper(Arc<StopState>);
+
+struct StopState {
+    http: Arc<tiny_http::Server>,
+    listener: TcpListener,
+    stopping: AtomicBool,
+    workers: usize,
+    fatal: Mutex<Option<io::Error>>,
+}
+
+impl Stopper {
+    /// Stops accepting connections and wakes every idle worker; requests already received are
+    /// still answered.
+    pub fn stop(&self) {
+        if self.0.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Shutting the listening socket down makes tiny_http's blocked accept() fail, so no
+        // new connection is taken from here on.
+        let _ = SockRef::from(&self.0.listener).shutdown(std::net::Shutdown::Read);
+        for _ in 0..self.0.workers {
+            self.0.http.unblock();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.0.stopping.load(Ordering::SeqCst)
+    }
+}
+
+impl Server {
+    /// Opens the database, binds, and starts the workers with the app's router.
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        Server::start_with(config, app::handle)
+    }
+
+    /// [`Server::start`] with another handler (tests use one that panics).
+    pub fn start_with(config: Config, handler: Handler) -> Result<Server, ServerError> {
+        let shared = Arc::new(Shared::new(
+            config.policy.clone(),
+            config::cores(),
+            config::cores(),
+        ));
+        // Opened before binding, so a bad path or a too-new schema fails the start; the first
+        // open also runs the migrations, once.
+        let dbs = (0..config.workers)
+            .map(|_| Db::open(&config.db))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Bind(config.bind, e))?;
+        let control = listener
+            .try_clone()
+            .map_err(|e| ServerError::Bind(config.bind, e))?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| ServerError::Bind(config.bind, io::Error::other(e.to_string())))?;
+        let stopper = Stopper(Arc::new(StopState {
+            http: Arc::new(http),
+            listener: control,
+            stopping: AtomicBool::new(false),
+            workers: config.workers,
+            fatal: Mutex::new(None),
+        }));
+
+        eprintln!(
+            "auth-service listening on http://{addr} (db {})",
+            config.db.display()
+        );
+        if config.policy.reset_command.is_none() {
+            eprintln!(
+                "warning: POST /reset_password returns reset tokens in its response, as the \
+                 reference does; this is for development: set --reset-command to deliver them \
+                 out of band"
+            );
+        }
+
+        let config = Arc::new(config);
+        let workers = dbs
+            .into_iter()
+            .enumerate()
+            .map(|(i, db)| {
+                let auth = Auth::new(db, Arc::clone(&shared));
+                let config = Arc::clone(&config);
+                let stopper = stopper.clone();
+                std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || work(auth, &config, handler, &stopper))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Ok(Server {
+            addr,
+            stopper,
+            workers,
+            shared,
+        })
+    }
+
+    /// The address it listens on, with the real port when port 0 was asked for.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// The state all workers share (metrics among it).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Stops accepting; requests already received are answered. See [`Stopper::stop`].
+    pub fn shutdown(&self) {
+        self.stopper.stop();
+    }
+
+    /// Waits for every worker to finish. An error when the server stopped on its own because
+    /// tiny_http could no longer accept.
+    pub fn wait(self) -> Result<(), ServerError> {
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+        let fatal = self
+            .stopper
+            .0
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        fatal.map_or(Ok(()), |e| Err(ServerError::Accept(e)))
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT, then finishes in-flight requests and returns.
+pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let server = Server::start(config)?;
+    let stopper = server.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("auth-service: signal {signal}, finishing in-flight requests");
+            stopper.stop();
+        }
+    });
+    server.wait()?;
+    Ok(())
+}
+
+/// A listening socket with the options every accepted connection should inherit.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // Linux copies these to accepted sockets: a stalled client costs a worker at most the
+    // timeout, and small responses leave at once instead of waiting on Nagle.
+    socket.set_read_timeout(Some(SOCKET_TIMEOUT))?;
+    socket.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One worker: take a request, answer it, until the server stops.
+fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper) {
+    let ctx = Context {
+        auth: &auth,
+        config,
+    };
+    loop {
+        match stopper.0.http.recv() {
+            Ok(request) => serve(&ctx, handler, request),
+            Err(_) if stopper.stopping() => return,
+            Err(e) => {
+                // tiny_http's accept loop has died; no request will come again. Stop the whole
+                // server so the process exits non-zero rather than idling forever.
+                eprintln!("auth-service: accepting failed: {e}");
+                *stopper.0.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                stopper.stop();
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request and writes its access-log line.
+fn serve(ctx: &Context<'_>, handler: Handler, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let metrics = &ctx.auth.shared().metrics;
+    metrics.request_started();
+
+    let method = request.method().as_str().to_owned();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let header = |name: &'static str| {
+        request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_owned())
+    };
+    let cookie = header("Cookie");
+    let forwarded_for = header("X-Forwarded-For");
+    let peer = request
+        .remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+
+    let reply = match read_body(&mut request, ctx.config.max_body_bytes) {
+        Err(BodyError::TooLarge) => Reply::body_too_large(ctx.config.max_body_bytes),
+        Err(BodyError::Unreadable) => Reply::message(400, "request body could not be read"),
+        Ok(body) => {
+            let rq = Request {
+                method: &method,
+                path: &path,
+                cookie: cookie.as_deref(),
+                forwarded_for: forwarded_for.as_deref(),
+                peer,
+                body: &body,
+            };
+            catch_unwind(AssertUnwindSafe(|| handler(ctx, &rq)))
+                .unwrap_or_else(|_| Reply::internal_error("the handler panicked"))
+        }
+    };
+
+    let status = reply.status;
+    if let Some(cause) = &reply.log {
+        eprintln!("error: {method} {} {status}: {cause}", printable(&path));
+    }
+    let _ = request.respond(to_response(reply));
+    metrics.request_finished(&path, status);
+    eprintln!(
+        "{method} {} {status} {:.1}ms",
+        printable(&path),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads the body, refusing before reading a byte when the declared length is over `limit`,
+/// and stopping one byte past it when no length was declared (chunked).
+fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let declared = request.body_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    let deadline = Instant::now() + BODY_DEADLINE;
+    let mut reader = request.as_reader().take(limit as u64 + 1);
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(BodyError::Unreadable),
+        }
+        if body.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if Instant::now() > deadline {
+            return Err(BodyError::Unreadable);
+        }
+    }
+    Ok(body)
+}
+
+fn to_response(reply: Reply) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_string(reply.body)
+        .with_status_code(reply.status)
+        .with_header(header("Content-Type", reply.content_type))
+        // Nothing here may be cached by a browser or a proxy: profiles, tokens, cookies.
+        .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("X-Content-Type-Options", "nosniff"));
+    for (name, value) in &reply.headers {
+        response.add_header(header(name, value));
+    }
+    response
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("header names and values built here are ASCII")
+}
+
+/// The path for the log, with control characters escaped so a request cannot forge lines.
+fn printable(path: &str) -> String {
+    path.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,202 @@
+//! The user record (the reference's `user.py`) and the two inputs every route trusts only after
+//! parsing: an email address and a password.
+//!
+//! Input is parsed into these types once, at the edge; past that point the rest of the code can
+//! rely on an `Email` being trimmed, bounded and plausible, and on a `Password` fitting bcrypt.
+
+use std::fmt;
+
+/// A row of the `users` table.
+///
+/// `session_id` and `reset_token` hold SHA-256 digests (lowercase hex) of the tokens handed to
+/// the client, never the tokens themselves. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub hashed_password: String,
+    pub session_id: Option<String>,
+    pub session_created_at: Option<i64>,
+    pub session_seen_at: Option<i64>,
+    pub reset_token: Option<String>,
+    pub reset_expires_at: Option<i64>,
+}
+
+/// The longest address SMTP can carry (RFC 5321 path limit less the angle brackets).
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// bcrypt reads at most 72 bytes; anything longer is refused rather than silently truncated.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
+/// Why an email or password was refused. Each message names the field, is lowercase and holds
+/// nothing of the value itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputError {
+    /// The email is missing, empty or only white space.
+    EmptyEmail,
+    /// The email has no `@`.
+    EmailWithoutAt,
+    /// The email is longer than [`MAX_EMAIL_BYTES`] once trimmed.
+    EmailTooLong,
+    /// The password is empty.
+    EmptyPassword,
+    /// The password is longer than [`MAX_PASSWORD_BYTES`].
+    PasswordTooLong,
+    /// The password has fewer characters than the configured minimum.
+    PasswordTooShort(usize),
+}
+
+impl InputError {
+    /// The refusal without the field's name, for callers whose field is called otherwise
+    /// (`new_password`).
+    pub fn reason(&self) -> String {
+        match self {
+            InputError::EmptyEmail | InputError::EmptyPassword => "is required".into(),
+            InputError::EmailWithoutAt => "must contain @".into(),
+            InputError::EmailTooLong => format!("is longer than {MAX_EMAIL_BYTES} bytes"),
+            InputError::PasswordTooLong => format!("is longer than {MAX_PASSWORD_BYTES} bytes"),
+            InputError::PasswordTooShort(n) => format!("is shorter than {n} characters"),
+        }
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = match self {
+            InputError::EmptyEmail | InputError::EmailWithoutAt | InputError::EmailTooLong => {
+                "email"
+            }
+            _ => "password",
+        };
+        write!(f, "{field} {}", self.reason())
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// An email address: trimmed, non-empty, at most 254 bytes, with an `@`.
+///
+/// Case is kept as given; comparisons are case-insensitive in the database (ASCII, as SQLite's
+/// `NOCASE` and the throttle's key both fold).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Email, InputError> {
+        let email = raw.trim();
+        if email.is_empty() {
+            Err(InputError::EmptyEmail)
+        } else if email.len() > MAX_EMAIL_BYTES {
+            Err(InputError::EmailTooLong)
+        } else if !email.contains('@') {
+            Err(InputError::EmailWithoutAt)
+        } else {
+            Ok(Email(email.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Email {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A password as the user typed it: never trimmed, at most 72 bytes.
+///
+/// `Debug` is redacted so that a password cannot reach a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Parses a password offered at login: only bcrypt's bounds apply, so that a password set
+    /// before a longer minimum was configured still works.
+    pub fn parse(raw: &str) -> Result<Password, InputError> {
+        Password::parse_new(raw, 1)
+    }
+
+    /// Parses a password being set (registration or reset): it must also have at least
+    /// `min_chars` characters.
+    pub fn parse_new(raw: &str, min_chars: usize) -> Result<Password, InputError> {
+        if raw.is_empty() {
+            Err(InputError::EmptyPassword)
+        } else if raw.len() > MAX_PASSWORD_BYTES {
+            Err(InputError::PasswordTooLong)
+        } else if raw.chars().count() < min_chars {
+            Err(InputError::PasswordTooShort(min_chars))
+        } else {
+            Ok(Password(raw.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_trimmed_and_needs_an_at() {
+        assert_eq!(Email::parse("  a@b.c \t").unwrap().as_str(), "a@b.c");
+        assert_eq!(Email::parse("   "), Err(InputError::EmptyEmail));
+        assert_eq!(Email::parse("ab.c"), Err(InputError::EmailWithoutAt));
+    }
+
+    #[test]
+    fn email_is_bounded_in_bytes() {
+        let at_limit = format!("{}@b.c", "a".repeat(MAX_EMAIL_BYTES - 4));
+        assert!(Email::parse(&at_limit).is_ok());
+        let over = format!("a{at_limit}");
+        assert_eq!(Email::parse(&over), Err(InputError::EmailTooLong));
+    }
+
+    #[test]
+    fn password_is_bounded_in_bytes_not_characters() {
+        // 24 three-byte characters: 72 bytes, accepted; one byte more is refused.
+        let multibyte = "€".repeat(24);
+        assert_eq!(multibyte.len(), 72);
+        assert!(Password::parse(&multibyte).is_ok());
+        assert_eq!(
+            Password::parse(&format!("{multibyte}a")),
+            Err(InputError::PasswordTooLong)
+        );
+        assert_eq!(Password::parse(""), Err(InputError::EmptyPassword));
+    }
+
+    #[test]
+    fn new_password_minimum_counts_characters() {
+        assert!(Password::parse_new("€€€", 3).is_ok());
+        assert_eq!(
+            Password::parse_new("ab", 3),
+            Err(InputError::PasswordTooShort(3))
+        );
+        assert!(
+            Password::parse(" ").is_ok(),
+            "white space is a password too"
+        );
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let p = Password::parse("hunter2").unwrap();
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+}
