@@ -96,7 +96,7 @@ struct Flag {
 #[rustfmt::skip]
 const FLAGS: &[Flag] = &[
     Flag { name: "bind", value: Some("ADDR"), default: "127.0.0.1:5000", help: "where to listen (port 0: any free port)" },
-    Flag { name: "db", value: Some("PATH"), default: "auth.db", help: "the SQLite file, created when missing, never wiped" },
+    Flag { name: "db", value: Some("PATH"), default: "auth.db", help: "the SQLite file, created when missing, never wiped; or a postgres:// URL (feature postgres)" },
     Flag { name: "bcrypt-cost", value: Some("N"), default: "12", help: "bcrypt work factor (4 to 31)" },
     Flag { name: "workers", value: Some("N"), default: "4 per core, at least 8", help: "request worker threads" },
     Flag { name: "max-body-bytes", value: Some("N"), default: "65536", help: "largest accepted request body" },
@@ -213,6 +213,12 @@ impl Config {
                     return Err("a path is required".into());
                 }
                 self.db = PathBuf::from(value);
+                if crate::db::is_postgres_url(&self.db) && !cfg!(feature = "postgres") {
+                    return Err("a postgres:// database needs PostgreSQL support, but this \
+                                auth-service was built without the postgres feature \
+                                (cargo build --features postgres)"
+                        .into());
+                }
             }
             "bcrypt-cost" => policy.bcrypt_cost = number(value, 4, 31)?,
             "workers" => self.workers = number(value, 1, 1024)?,
@@ -377,5 +383,17 @@ mod tests {
         ));
         assert!(parse(&["--metrics=yes"], &[]).is_err());
         assert!(parse(&["positional"], &[]).is_err());
+    }
+
+    #[test]
+    fn a_postgres_url_needs_the_feature() {
+        let url = "postgres://auth@127.0.0.1:5432/auth";
+        let parsed = parse(&["--db", url], &[]);
+        if cfg!(feature = "postgres") {
+            assert_eq!(parsed.unwrap().db, PathBuf::from(url));
+        } else {
+            let err = parsed.unwrap_err().to_string();
+            assert!(err.contains("built without the postgres feature"), "{err}");
+        }
     }
 }

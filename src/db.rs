@@ -1,46 +1,30 @@
-//! `Db`: the users table and the login throttle's counters (the reference's `db.py`), on SQLite.
+//! `Db`: the users table and the login throttle's counters (the reference's `db.py`).
 //!
-//! Each worker thread opens its own `Db`; SQLite in WAL mode lets readers run beside the one
-//! writer, and the busy timeout queues writers instead of failing them. With
-//! `synchronous=FULL` a write is on disk before the call that made it returns, so an
-//! acknowledged registration, login or reset survives `kill -9` and power loss.
+//! Two stores stand behind the same methods. [`sqlite`] is the embedded default: a file that
+//! each worker opens with its own connection. With the cargo feature `postgres`, a `--db` of
+//! the form `postgres://...` selects [`postgres`](self#postgresql) instead, so that any number
+//! of instances can share one database. Either way each worker owns its own `Db`, and every
+//! piece of state that must hold across workers or instances (sessions, reset tokens, the
+//! unique email, the throttle's counts) lives in the database, never in the process.
 //!
-//! The public API speaks in column names, [`Value`]s and [`User`]s, never in rusqlite types, so
-//! that another store can stand behind the same methods.
+//! The public API speaks in column names, [`Value`]s and [`User`]s, never in a driver's types.
+//! SQL is built only from the column whitelist here; values are always bound as parameters.
+//!
+//! # PostgreSQL
+//!
+//! `src/db/postgres.rs`: the schema is `schema.postgres.sql`, its version a row in
+//! `schema_version`; one connection per worker, reconnected (and the statement retried once)
+//! when the database restarted or ended the session.
+
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::fmt;
 use std::path::Path;
-use std::time::Duration;
-
-use rusqlite::types::ToSqlOutput;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
 
 use crate::user::User;
-
-/// Schema steps, oldest first; `PRAGMA user_version` is the number applied.
-///
-/// Rules: append only. A released step is never edited or removed, since databases in the
-/// field have already run it; a change to the schema is a new step at the end.
-const MIGRATIONS: &[&str] = &[include_str!("../schema.sql")];
-
-/// The columns of `users`, the only names `find_user_by` and `update_user` accept. SQL is built
-/// from these constants, never from a caller's string.
-const COLUMNS: &[&str] = &[
-    "id",
-    "email",
-    "hashed_password",
-    "session_id",
-    "session_created_at",
-    "session_seen_at",
-    "reset_token",
-    "reset_expires_at",
-];
-
-const SELECT_USER: &str = "SELECT id, email, hashed_password, session_id, session_created_at, \
-     session_seen_at, reset_token, reset_expires_at FROM users";
-
-/// How long a connection waits on another's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A value to filter on or store in a column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,16 +58,6 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
-impl ToSql for Value {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        match self {
-            Value::Null => rusqlite::types::Null.to_sql(),
-            Value::Integer(n) => n.to_sql(),
-            Value::Text(s) => s.to_sql(),
-        }
-    }
-}
-
 /// Everything that can go wrong in the store.
 #[derive(Debug)]
 pub enum DbError {
@@ -95,7 +69,7 @@ pub enum DbError {
     AlreadyExists,
     /// The database was written by a newer auth-service than this one.
     SchemaTooNew { found: i64, supported: i64 },
-    /// The database itself failed: I/O, corruption, a lock held too long.
+    /// The database itself failed: I/O, corruption, a lock held too long, a lost connection.
     Storage(Box<dyn std::error::Error + Send + Sync>),
 }
 
@@ -124,75 +98,63 @@ impl std::error::Error for DbError {
     }
 }
 
-impl From<rusqlite::Error> for DbError {
-    fn from(e: rusqlite::Error) -> DbError {
-        if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) {
-            DbError::AlreadyExists
-        } else {
-            DbError::Storage(Box::new(e))
-        }
-    }
-}
-
 /// A connection to the store. Not shared between threads: each worker opens its own.
 pub struct Db {
-    conn: Connection,
+    store: Store,
+}
+
+enum Store {
+    Sqlite(sqlite::Sqlite),
+    // Boxed: the connection's driver state is several times the size of SQLite's handle.
+    #[cfg(feature = "postgres")]
+    Postgres(Box<postgres::Postgres>),
+}
+
+/// Runs the same call on whichever store this is.
+macro_rules! on_store {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($s) => $call,
+            #[cfg(feature = "postgres")]
+            Store::Postgres($s) => $call,
+        }
+    };
 }
 
 impl Db {
-    /// Opens (creating when missing, never wiping) the SQLite file at `path`, sets it up for
-    /// durability and concurrency, and migrates its schema forward.
+    /// Opens the store `path` names and migrates its schema forward.
+    ///
+    /// A path is a SQLite file, created when missing and never wiped. A `postgres://` or
+    /// `postgresql://` URL is a PostgreSQL database (with the `postgres` feature; without it,
+    /// an error that says so).
     pub fn open(path: &Path) -> Result<Db, DbError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // journal_mode answers with a row, so it is read rather than executed; outside any
-        // transaction, where SQLite can change it.
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") && path != Path::new(":memory:") {
-            return Err(DbError::Storage(
-                format!("could not switch the database to WAL (got {mode})").into(),
-            ));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.set_prepared_statement_cache_capacity(64);
-        let mut db = Db { conn };
-        db.migrate()?;
-        Ok(db)
+        let store = match postgres_url(path) {
+            None => Store::Sqlite(sqlite::Sqlite::open(path)?),
+            #[cfg(feature = "postgres")]
+            Some(url) => Store::Postgres(Box::new(postgres::Postgres::open(url)?)),
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => {
+                return Err(DbError::Storage(
+                    "a postgres:// database needs PostgreSQL support, but this auth-service \
+                     was built without the postgres feature (cargo build --features postgres)"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Db { store })
     }
 
-    /// Applies the schema steps this database has not seen, all in one transaction, so that
-    /// several processes starting at once apply each step exactly once.
-    fn migrate(&mut self) -> Result<(), DbError> {
-        let supported = MIGRATIONS.len() as i64;
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > supported {
-            return Err(DbError::SchemaTooNew { found, supported });
-        }
-        for step in &MIGRATIONS[found as usize..] {
-            tx.execute_batch(step)?;
-        }
-        tx.pragma_update(None, "user_version", supported)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The schema version this binary writes.
+    /// The schema version this binary writes (the same number for either store).
     pub fn schema_version() -> i64 {
-        MIGRATIONS.len() as i64
+        sqlite::MIGRATIONS.len() as i64
     }
 
     /// Saves a new user and returns it. [`DbError::AlreadyExists`] when the email is taken in
     /// any ASCII case: the unique constraint decides, so two racing calls cannot both succeed.
     pub fn add_user(&self, email: &str, hashed_password: &str) -> Result<User, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT INTO users (email, hashed_password) VALUES (?1, ?2)")?;
-        stmt.execute(params![email, hashed_password])?;
+        let id = on_store!(&self.store, s => s.add_user(email, hashed_password))?;
         Ok(User {
-            id: self.conn.last_insert_rowid(),
+            id,
             email: email.to_owned(),
             hashed_password: hashed_password.to_owned(),
             session_id: None,
@@ -209,16 +171,8 @@ impl Db {
         &mut self,
         users: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<(), DbError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO users (email, hashed_password) VALUES (?1, ?2)")?;
-            for (email, hash) in users {
-                stmt.execute(params![email, hash])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        let users: Vec<(&str, &str)> = users.into_iter().collect();
+        on_store!(&mut self.store, s => s.add_users(&users))
     }
 
     /// The first user matching every `(column, value)` filter. Emails match in any ASCII case.
@@ -229,15 +183,8 @@ impl Db {
         if filters.is_empty() {
             return Err(DbError::InvalidRequest("no filter given".into()));
         }
-        let sql = format!(
-            "{SELECT_USER} WHERE {} ORDER BY id LIMIT 1",
-            where_clause(filters, 1)?
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let args = bound_values(filters);
-        stmt.query_row(rusqlite::params_from_iter(args), read_user)
-            .optional()?
-            .ok_or(DbError::NoResultFound)
+        check_columns(filters)?;
+        on_store!(&self.store, s => s.find_user_by(filters))?.ok_or(DbError::NoResultFound)
     }
 
     /// Applies `(column, value)` changes to the user with `user_id`, found through
@@ -251,7 +198,7 @@ impl Db {
 
     /// Applies `changes` to user `user_id` only while every `(column, value)` in `expected`
     /// still holds, in one statement; returns whether it did. This is how a token is spent
-    /// exactly once when two requests race to use it.
+    /// exactly once when two requests race to use it, on one instance or several.
     pub fn update_user_if(
         &self,
         user_id: i64,
@@ -261,78 +208,104 @@ impl Db {
         if changes.is_empty() {
             return Err(DbError::InvalidRequest("no change given".into()));
         }
-        let set = changes
-            .iter()
-            .enumerate()
-            .map(|(i, (col, _))| Ok(format!("{} = ?{}", column(col)?, i + 1)))
-            .collect::<Result<Vec<_>, DbError>>()?
-            .join(", ");
-        let id_param = changes.len() + 1;
-        let mut sql = format!("UPDATE users SET {set} WHERE id = ?{id_param}");
-        if !expected.is_empty() {
-            sql.push_str(" AND ");
-            sql.push_str(&where_clause(expected, id_param + 1)?);
-        }
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let id = Value::Integer(user_id);
-        let args = changes
-            .iter()
-            .map(|(_, v)| v)
-            .chain(std::iter::once(&id))
-            .chain(bound_values(expected));
-        Ok(stmt.execute(rusqlite::params_from_iter(args))? == 1)
+        check_columns(changes)?;
+        check_columns(expected)?;
+        on_store!(&self.store, s => s.update_user_if(user_id, expected, changes))
     }
 
     /// Answers when the database can run a query: the health check.
     pub fn ping(&self) -> Result<(), DbError> {
-        self.conn
-            .prepare_cached("SELECT count(*) FROM users WHERE id = 0")?
-            .query_row([], |r| r.get::<_, i64>(0))?;
-        Ok(())
+        on_store!(&self.store, s => s.ping())
     }
 
     /// The failures counted for `scope` in a window still open at `now`, and when that window
     /// ends; `None` when there is no open window.
     pub fn login_failures(&self, scope: &str, now: i64) -> Result<Option<(u32, i64)>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT failures, window_ends FROM login_failures \
-             WHERE scope = ?1 AND window_ends > ?2",
-        )?;
-        Ok(stmt
-            .query_row(params![scope, now], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+        on_store!(&self.store, s => s.login_failures(scope, now))
     }
 
     /// Counts one failed login for `scope`, opening a window of `window` seconds when none is
-    /// open at `now`; returns the count in the window.
+    /// open at `now`; returns the count in the window. One statement (an upsert), so counts
+    /// from racing workers or instances add up.
     pub fn record_login_failure(&self, scope: &str, now: i64, window: i64) -> Result<u32, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO login_failures (scope, failures, window_ends) VALUES (?1, 1, ?2 + ?3) \
-             ON CONFLICT (scope) DO UPDATE SET \
-               failures = CASE WHEN window_ends > ?2 THEN failures + 1 ELSE 1 END, \
-               window_ends = CASE WHEN window_ends > ?2 THEN window_ends ELSE ?2 + ?3 END \
-             RETURNING failures",
-        )?;
-        Ok(stmt.query_row(params![scope, now, window], |r| r.get(0))?)
+        on_store!(&self.store, s => s.record_login_failure(scope, now, window))
     }
 
     /// Forgets the failures counted for `scope` (a successful login).
     pub fn clear_login_failures(&self, scope: &str) -> Result<(), DbError> {
-        self.conn
-            .prepare_cached("DELETE FROM login_failures WHERE scope = ?1")?
-            .execute([scope])?;
-        Ok(())
+        on_store!(&self.store, s => s.clear_login_failures(scope))
     }
 
     /// Deletes counters whose window closed before `now`, so the table stays as small as the
     /// set of addresses failing right now.
     pub fn prune_login_failures(&self, now: i64) -> Result<usize, DbError> {
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM login_failures WHERE window_ends <= ?1")?
-            .execute([now])?)
+        on_store!(&self.store, s => s.prune_login_failures(now))
     }
 }
+
+/// `path` as a PostgreSQL URL, when it is one.
+fn postgres_url(path: &Path) -> Option<&str> {
+    path.to_str()
+        .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// Whether `path` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(path: &Path) -> bool {
+    postgres_url(path).is_some()
+}
+
+/// `path` as it may be shown in a log line: a URL's password is masked.
+pub fn display_location(path: &Path) -> String {
+    let shown = path.display().to_string();
+    if postgres_url(path).is_none() {
+        return shown;
+    }
+    // postgres://user:password@host/db: mask what lies between the first ':' after the scheme
+    // and the last '@' of the authority.
+    let (scheme, rest) = shown.split_once("://").unwrap_or(("", &shown));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        _ => authority.to_owned(),
+    };
+    // A password may also come as a query parameter.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{path}?{query}")
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// The columns of `users`, the only names `find_user_by` and `update_user` accept. SQL is built
+/// from these constants, never from a caller's string.
+const COLUMNS: &[&str] = &[
+    "id",
+    "email",
+    "hashed_password",
+    "session_id",
+    "session_created_at",
+    "session_seen_at",
+    "reset_token",
+    "reset_expires_at",
+];
+
+/// The column list both stores select, in [`User`]'s field order.
+const SELECT_USER: &str = "SELECT id, email, hashed_password, session_id, session_created_at, \
+     session_seen_at, reset_token, reset_expires_at FROM users";
 
 /// The whitelisted constant for a caller's column name.
 fn column(name: &str) -> Result<&'static str, DbError> {
@@ -347,8 +320,16 @@ fn check_columns(pairs: &[(&str, Value)]) -> Result<(), DbError> {
     pairs.iter().try_for_each(|(col, _)| column(col).map(drop))
 }
 
+/// How a store writes the `n`th parameter and an equality test on a column.
+trait Dialect {
+    fn param(n: usize) -> String;
+    fn equals(col: &'static str, n: usize) -> String {
+        format!("{col} = {}", Self::param(n))
+    }
+}
+
 /// `a = ?n AND b IS NULL ...`, numbering parameters from `first`; NULL filters bind nothing.
-fn where_clause(filters: &[(&str, Value)], first: usize) -> Result<String, DbError> {
+fn where_clause<D: Dialect>(filters: &[(&str, Value)], first: usize) -> Result<String, DbError> {
     let mut n = first;
     let parts = filters
         .iter()
@@ -358,11 +339,32 @@ fn where_clause(filters: &[(&str, Value)], first: usize) -> Result<String, DbErr
                 format!("{col} IS NULL")
             } else {
                 n += 1;
-                format!("{col} = ?{}", n - 1)
+                D::equals(col, n - 1)
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
     Ok(parts.join(" AND "))
+}
+
+/// `UPDATE users SET ... WHERE id = ... AND <expected>`, with `changes`' values bound first,
+/// then the id, then `expected`'s non-NULL values (see [`update_values`]).
+fn update_sql<D: Dialect>(
+    expected: &[(&str, Value)],
+    changes: &[(&str, Value)],
+) -> Result<String, DbError> {
+    let set = changes
+        .iter()
+        .enumerate()
+        .map(|(i, (col, _))| Ok(format!("{} = {}", column(col)?, D::param(i + 1))))
+        .collect::<Result<Vec<_>, DbError>>()?
+        .join(", ");
+    let id_param = changes.len() + 1;
+    let mut sql = format!("UPDATE users SET {set} WHERE id = {}", D::param(id_param));
+    if !expected.is_empty() {
+        sql.push_str(" AND ");
+        sql.push_str(&where_clause::<D>(expected, id_param + 1)?);
+    }
+    Ok(sql)
 }
 
 /// The values `where_clause` binds, in its order (NULL filters bind nothing).
@@ -373,15 +375,54 @@ fn bound_values<'a>(filters: &'a [(&str, Value)]) -> impl Iterator<Item = &'a Va
         .filter(|v| **v != Value::Null)
 }
 
-fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    Ok(User {
-        id: row.get(0)?,
-        email: row.get(1)?,
-        hashed_password: row.get(2)?,
-        session_id: row.get(3)?,
-        session_created_at: row.get(4)?,
-        session_seen_at: row.get(5)?,
-        reset_token: row.get(6)?,
-        reset_expires_at: row.get(7)?,
-    })
+/// The values [`update_sql`] binds, in its order.
+fn update_values<'a>(
+    id: &'a Value,
+    expected: &'a [(&str, Value)],
+    changes: &'a [(&str, Value)],
+) -> impl Iterator<Item = &'a Value> {
+    changes
+        .iter()
+        .map(|(_, v)| v)
+        .chain(std::iter::once(id))
+        .chain(bound_values(expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths_and_passwords_never_shown() {
+        assert!(is_postgres_url(Path::new("postgres://h/db")));
+        assert!(is_postgres_url(Path::new("postgresql://u@h:5432/db")));
+        assert!(!is_postgres_url(Path::new("auth.db")));
+        assert!(!is_postgres_url(Path::new("./postgres/auth.db")));
+        assert_eq!(display_location(Path::new("auth.db")), "auth.db");
+        assert_eq!(
+            display_location(Path::new("postgres://app:s3cr@t@db.internal:5432/auth?x=1")),
+            "postgres://app:***@db.internal:5432/auth?x=1"
+        );
+        assert_eq!(
+            display_location(Path::new("postgres://app@db/auth")),
+            "postgres://app@db/auth"
+        );
+        assert_eq!(
+            display_location(Path::new("postgres://db/auth?user=a&password=b")),
+            "postgres://db/auth?user=a&password=***"
+        );
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn a_postgres_url_without_the_feature_says_so() {
+        let err = Db::open(Path::new("postgres://127.0.0.1/auth"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("built without the postgres feature"),
+            "{err}"
+        );
+    }
 }

@@ -145,7 +145,7 @@ impl Server {
 
         eprintln!(
             "auth-service listening on http://{addr} (db {})",
-            config.db.display()
+            crate::db::display_location(&config.db)
         );
         if config.policy.reset_command.is_none() {
             eprintln!(

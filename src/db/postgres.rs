@@ -1,0 +1,382 @@
+//! The shared store: a PostgreSQL database that any number of instances use at once (the cargo
+//! feature `postgres`).
+//!
+//! Each worker owns one connection. Nothing about users, sessions, tokens or the throttle is
+//! kept in the process, so instances behind a load balancer agree as if they were one: the
+//! unique email is a unique index, a token is spent by a conditional `UPDATE`, and the
+//! throttle's counts are one upsert each.
+//!
+//! A connection that the database dropped (a restart, `pg_terminate_backend`, a failover) is
+//! reopened on its next use, and the statement that found it dead is run once more on the new
+//! one. The statements are single round trips that either ran or did not, so a retry does
+//! not apply anything twice.
+//!
+//! Emails compare in any ASCII case, exactly as SQLite's `NOCASE` does: the column is
+//! `COLLATE "C"`, under which PostgreSQL's `lower()` folds only ASCII, and the unique index is
+//! on `lower(email)`. `É` and `é` are therefore two addresses in both stores.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use super::{column, where_clause, DbError, Dialect, Value};
+use super::{User, SELECT_USER};
+
+/// Schema steps, oldest first; the one row of `schema_version` is the number applied. The
+/// same rules as SQLite's list (append only), and always as long as it.
+const MIGRATIONS: &[&str] = &[include_str!("../../schema.postgres.sql")];
+
+const _: () = assert!(
+    MIGRATIONS.len() == super::sqlite::MIGRATIONS.len(),
+    "each schema step exists for both stores"
+);
+
+/// The advisory lock key that serialises migrations across instances starting at once
+/// ("auth" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6175_7468;
+
+/// How long opening a connection may take when the URL does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection; past this the cache starts over. `find_user_by`
+/// builds one statement per combination of filter columns, so in practice a dozen.
+const STATEMENT_CACHE: usize = 64;
+
+/// Columns that hold integers; the rest hold text.
+const INTEGER_COLUMNS: &[&str] = &[
+    "id",
+    "session_created_at",
+    "session_seen_at",
+    "reset_expires_at",
+];
+
+/// PostgreSQL numbers parameters `$1`, `$2`...; the email compares folded, as the unique
+/// index does.
+struct Pg;
+
+impl Dialect for Pg {
+    fn param(n: usize) -> String {
+        format!("${n}")
+    }
+
+    fn equals(col: &'static str, n: usize) -> String {
+        if col == "email" {
+            format!("lower(email) = lower(${n} COLLATE \"C\")")
+        } else {
+            format!("{col} = ${n}")
+        }
+    }
+}
+
+pub(super) struct Postgres {
+    config: postgres::Config,
+    conn: RefCell<Conn>,
+}
+
+/// One live connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn connect(config: &postgres::Config) -> Result<Conn, DbError> {
+        Ok(Conn {
+            client: config.connect(NoTls).map_err(storage)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    fn prepare(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.client.prepare(sql)?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+impl Postgres {
+    /// Connects to the database `url` names and migrates its schema forward.
+    pub(super) fn open(url: &str) -> Result<Postgres, DbError> {
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            DbError::Storage(format!("the postgres URL cannot be used: {e}").into())
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("auth-service");
+        }
+        let mut conn = Conn::connect(&config)?;
+        migrate(&mut conn.client)?;
+        Ok(Postgres {
+            config,
+            conn: RefCell::new(conn),
+        })
+    }
+
+    /// Runs `f` on this worker's connection; when the connection turns out to be lost, opens
+    /// a new one and runs `f` once more.
+    fn run<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.conn.borrow_mut();
+        if conn.client.is_closed() {
+            *conn = Conn::connect(&self.config)?;
+        }
+        match f(&mut conn) {
+            Err(e) if connection_lost(&e) => {
+                *conn = Conn::connect(&self.config)?;
+                f(&mut conn).map_err(storage)
+            }
+            result => result.map_err(storage),
+        }
+    }
+
+    /// One statement, prepared once per connection, with its rows.
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        self.run(|c| {
+            let stmt = c.prepare(sql)?;
+            c.client.query(&stmt, params)
+        })
+    }
+
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
+        self.run(|c| {
+            let stmt = c.prepare(sql)?;
+            c.client.execute(&stmt, params)
+        })
+    }
+
+    pub(super) fn add_user(&self, email: &str, hashed_password: &str) -> Result<i64, DbError> {
+        let rows = self.query(
+            "INSERT INTO users (email, hashed_password) VALUES ($1, $2) RETURNING id",
+            &[&email, &hashed_password],
+        )?;
+        first(rows).map(|row| row.get(0))
+    }
+
+    pub(super) fn add_users(&mut self, users: &[(&str, &str)]) -> Result<(), DbError> {
+        self.run(|c| {
+            let mut tx = c.client.transaction()?;
+            let stmt = tx.prepare("INSERT INTO users (email, hashed_password) VALUES ($1, $2)")?;
+            for (email, hash) in users {
+                tx.execute(&stmt, &[email, hash])?;
+            }
+            tx.commit()
+        })
+    }
+
+    pub(super) fn find_user_by(&self, filters: &[(&str, Value)]) -> Result<Option<User>, DbError> {
+        // A value that cannot be of its column's type matches no row, as in SQLite.
+        let Some(params) = filters
+            .iter()
+            .filter(|(_, v)| *v != Value::Null)
+            .map(|(col, v)| Param::of(col, v))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "{SELECT_USER} WHERE {} ORDER BY id LIMIT 1",
+            where_clause::<Pg>(filters, 1)?
+        );
+        let rows = self.query(&sql, &Param::refs(&params))?;
+        Ok(rows.first().map(read_user))
+    }
+
+    pub(super) fn update_user_if(
+        &self,
+        user_id: i64,
+        expected: &[(&str, Value)],
+        changes: &[(&str, Value)],
+    ) -> Result<bool, DbError> {
+        let mut params = Vec::with_capacity(changes.len() + 1 + expected.len());
+        for (col, value) in changes {
+            let param = Param::of(col, value)
+                .ok_or_else(|| DbError::InvalidRequest(format!("column {col:?} holds integers")))?;
+            params.push(param);
+        }
+        params.push(Param::Int(Some(user_id)));
+        for (col, value) in expected.iter().filter(|(_, v)| *v != Value::Null) {
+            match Param::of(col, value) {
+                Some(param) => params.push(param),
+                None => return Ok(false),
+            }
+        }
+        let sql = super::update_sql::<Pg>(expected, changes)?;
+        Ok(self.execute(&sql, &Param::refs(&params))? == 1)
+    }
+
+    pub(super) fn ping(&self) -> Result<(), DbError> {
+        self.query("SELECT count(*) FROM users WHERE id = 0", &[])?;
+        Ok(())
+    }
+
+    pub(super) fn login_failures(
+        &self,
+        scope: &str,
+        now: i64,
+    ) -> Result<Option<(u32, i64)>, DbError> {
+        let rows = self.query(
+            "SELECT failures, window_ends FROM login_failures \
+             WHERE scope = $1 AND window_ends > $2",
+            &[&scope, &now],
+        )?;
+        Ok(rows.first().map(|r| (count(r.get(0)), r.get(1))))
+    }
+
+    pub(super) fn record_login_failure(
+        &self,
+        scope: &str,
+        now: i64,
+        window: i64,
+    ) -> Result<u32, DbError> {
+        let rows = self.query(
+            "INSERT INTO login_failures AS f (scope, failures, window_ends) \
+             VALUES ($1, 1, $2::bigint + $3::bigint) \
+             ON CONFLICT (scope) DO UPDATE SET \
+               failures = CASE WHEN f.window_ends > $2 THEN f.failures + 1 ELSE 1 END, \
+               window_ends = CASE WHEN f.window_ends > $2 THEN f.window_ends \
+                             ELSE $2::bigint + $3::bigint END \
+             RETURNING failures",
+            &[&scope, &now, &window],
+        )?;
+        first(rows).map(|r| count(r.get(0)))
+    }
+
+    pub(super) fn clear_login_failures(&self, scope: &str) -> Result<(), DbError> {
+        self.execute("DELETE FROM login_failures WHERE scope = $1", &[&scope])?;
+        Ok(())
+    }
+
+    pub(super) fn prune_login_failures(&self, now: i64) -> Result<usize, DbError> {
+        let n = self.execute(
+            "DELETE FROM login_failures WHERE window_ends <= $1",
+            &[&now],
+        )?;
+        Ok(n as usize)
+    }
+}
+
+/// Applies the schema steps this database has not seen, in one transaction that first takes
+/// an advisory lock: instances starting together queue on it, and each step runs once.
+fn migrate(client: &mut Client) -> Result<(), DbError> {
+    let supported = MIGRATIONS.len() as i64;
+    let mut tx = client.transaction().map_err(storage)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(storage)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .map_err(storage)?;
+    let found: i64 = tx
+        .query_opt("SELECT max(version) FROM schema_version", &[])
+        .map_err(storage)?
+        .and_then(|row| row.get::<_, Option<i64>>(0))
+        .unwrap_or(0);
+    if found > supported {
+        return Err(DbError::SchemaTooNew { found, supported });
+    }
+    if found < supported {
+        for step in &MIGRATIONS[found as usize..] {
+            tx.batch_execute(step).map_err(storage)?;
+        }
+        tx.execute("DELETE FROM schema_version", &[])
+            .map_err(storage)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&supported],
+        )
+        .map_err(storage)?;
+    }
+    tx.commit().map_err(storage)
+}
+
+/// A value bound as its column's type, so that NULLs and numbers type-check on the server.
+enum Param {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl Param {
+    /// `value` as `col`'s type; `None` when it cannot be one (text that is not a number, for
+    /// an integer column).
+    fn of(col: &str, value: &Value) -> Option<Param> {
+        let integer = INTEGER_COLUMNS.contains(&column(col).ok()?);
+        Some(match (integer, value) {
+            (true, Value::Null) => Param::Int(None),
+            (true, Value::Integer(n)) => Param::Int(Some(*n)),
+            (true, Value::Text(s)) => Param::Int(Some(s.trim().parse().ok()?)),
+            (false, Value::Null) => Param::Text(None),
+            (false, Value::Integer(n)) => Param::Text(Some(n.to_string())),
+            (false, Value::Text(s)) => Param::Text(Some(s.clone())),
+        })
+    }
+
+    fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+        params
+            .iter()
+            .map(|p| match p {
+                Param::Int(v) => v as &(dyn ToSql + Sync),
+                Param::Text(v) => v as &(dyn ToSql + Sync),
+            })
+            .collect()
+    }
+}
+
+/// Whether `e` means the connection is gone (as opposed to the statement failing): the
+/// server shut down or ended this session, or the socket broke.
+fn connection_lost(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return code.code().starts_with("08") // connection_exception
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW;
+    }
+    // No SQLSTATE: not the server's answer, so the socket or the protocol failed.
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+fn storage(e: postgres::Error) -> DbError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        DbError::AlreadyExists
+    } else {
+        DbError::Storage(Box::new(e))
+    }
+}
+
+fn first(rows: Vec<Row>) -> Result<Row, DbError> {
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| DbError::Storage("the statement returned no row".into()))
+}
+
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+fn read_user(row: &Row) -> User {
+    User {
+        id: row.get(0),
+        email: row.get(1),
+        hashed_password: row.get(2),
+        session_id: row.get(3),
+        session_created_at: row.get(4),
+        session_seen_at: row.get(5),
+        reset_token: row.get(6),
+        reset_expires_at: row.get(7),
+    }
+}
