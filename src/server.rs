@@ -215,12 +215,14 @@ impl Server {
 
 /// Runs the service until SIGTERM or SIGINT, then finishes in-flight requests and returns.
 pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let server = Server::start(config)?;
-    let stopper = server.stopper();
+    // Caught from before the listening line on: a signal sent as soon as that line shows
+    // must not find the default action (death by signal) still in place.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
+    let server = Server::start(config)?;
+    let stopper = server.stopper();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             eprintln!("auth-service: signal {signal}, finishing in-flight requests");
