@@ -17,6 +17,10 @@ use auth_service::{Config, Server};
 use serde_json::Value;
 use ureq::Agent;
 
+// The store under test: SQLite files, or PostgreSQL databases with AUTH_TEST_POSTGRES.
+mod store;
+pub use store::*;
+
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
 
@@ -43,15 +47,17 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        store::drop_test_dbs_under(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-/// The configuration tests start from: port 0, bcrypt cost 4, a database in `dir`.
+/// The configuration tests start from: port 0, bcrypt cost 4, a database in `dir` (or, with
+/// `AUTH_TEST_POSTGRES`, a PostgreSQL database standing for it: see [`test_db`]).
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {
         bind: "127.0.0.1:0".parse().unwrap(),
-        db: dir.join("auth.db"),
+        db: test_db(&dir.join("auth.db")),
         workers: 8,
         ..Config::default()
     };
@@ -289,7 +295,7 @@ impl ChildServer {
     pub fn start_on(dir: TempDir, db: &Path, args: &[&str]) -> ChildServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
             .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
-            .arg(db)
+            .arg(test_db(db))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

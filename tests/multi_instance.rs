@@ -1,0 +1,277 @@
+//! Two instances of the real binary on different ports, one PostgreSQL database between them:
+//! what a user sees does not depend on which instance a load balancer picks.
+//!
+//! These need a PostgreSQL server: they run when `AUTH_TEST_POSTGRES` is set (see
+//! `tests/support/store.rs`; `.ci/postgres.sh` sets it) and otherwise say they were skipped
+//! and pass.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Two instances (A, B) on one database, or `None` (and a note) without PostgreSQL.
+fn two_instances(args: &[&str]) -> Option<(ChildServer, ChildServer, PathBuf)> {
+    if !on_postgres() {
+        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
+        return None;
+    }
+    let dir = TempDir::new();
+    let db = dir.path().join("auth.db");
+    let a = ChildServer::start_on(dir, &db, args);
+    let b = ChildServer::start_on(TempDir::new(), &db, args);
+    assert_ne!(a.addr, b.addr);
+    Some((a, b, db))
+}
+
+#[test]
+fn a_session_from_one_instance_is_valid_on_the_other_until_ended_on_either() {
+    let Some((a, b, _db)) = two_instances(&[]) else {
+        return;
+    };
+    let session = a.register_and_log_in("bob@example.com", "hunter2");
+    let r = b.get("/profile", Some(&session));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["email"], "bob@example.com");
+
+    // A logout through B ends the session on A too.
+    assert_eq!(b.delete("/sessions", Some(&session)).status, 302);
+    assert_eq!(a.get("/profile", Some(&session)).status, 403);
+    assert_eq!(b.get("/profile", Some(&session)).status, 403);
+    assert_eq!(a.delete("/sessions", Some(&session)).status, 403);
+
+    // A login through B replaces the session A handed out (one session per user).
+    let on_a = log_in(&a, "bob@example.com", "hunter2");
+    let on_b = log_in(&b, "bob@example.com", "hunter2");
+    assert_eq!(a.get("/profile", Some(&on_a)).status, 403);
+    assert_eq!(a.get("/profile", Some(&on_b)).status, 200);
+}
+
+#[test]
+fn a_password_reset_through_one_instance_holds_on_the_other() {
+    let Some((a, b, _db)) = two_instances(&[]) else {
+        return;
+    };
+    let session = a.register_and_log_in("carol@example.com", "old password");
+    let r = a.post("/reset_password", &[("email", "carol@example.com")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json["reset_token"].as_str().unwrap().to_owned();
+
+    // The token A issued is good on B, and the reset there ends the session A started.
+    let form = [
+        ("email", "carol@example.com"),
+        ("reset_token", token.as_str()),
+        ("new_password", "new password"),
+    ];
+    assert_eq!(b.put("/reset_password", &form).status, 200);
+    assert_eq!(a.get("/profile", Some(&session)).status, 403);
+    assert_eq!(b.get("/profile", Some(&session)).status, 403);
+
+    // Spent everywhere: a replay on A is refused; only the new password logs in, on either.
+    assert_eq!(a.put("/reset_password", &form).status, 403);
+    let old = [("email", "carol@example.com"), ("password", "old password")];
+    assert_eq!(a.post("/sessions", &old).status, 401);
+    log_in(&a, "carol@example.com", "new password");
+    log_in(&b, "carol@example.com", "new password");
+
+    // A newer token requested on B replaces the one requested on A.
+    let first = a.post("/reset_password", &[("email", "carol@example.com")]);
+    let second = b.post("/reset_password", &[("email", "carol@example.com")]);
+    let stale = [
+        ("email", "carol@example.com"),
+        ("reset_token", first.json["reset_token"].as_str().unwrap()),
+        ("new_password", "x"),
+    ];
+    assert_eq!(a.put("/reset_password", &stale).status, 403);
+    let fresh = [
+        ("email", "carol@example.com"),
+        ("reset_token", second.json["reset_token"].as_str().unwrap()),
+        ("new_password", "x"),
+    ];
+    assert_eq!(a.put("/reset_password", &fresh).status, 200);
+}
+
+#[test]
+fn racing_registrations_of_one_email_across_instances_admit_exactly_one() {
+    let Some((a, b, db)) = two_instances(&[]) else {
+        return;
+    };
+    let bases = [a.base.clone(), b.base.clone()];
+    let start = std::sync::Barrier::new(40);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let (base, start) = (bases[i % 2].clone(), &start);
+                scope.spawn(move || {
+                    let client = Client::new(base);
+                    // The same address in a different ASCII case each time.
+                    let email = if i % 3 == 0 {
+                        "Race@Example.com"
+                    } else if i % 3 == 1 {
+                        "race@example.com"
+                    } else {
+                        "RACE@EXAMPLE.COM"
+                    };
+                    start.wait();
+                    register_until_answered(&client, email)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 400).count();
+    assert_eq!((created, refused), (1, 39), "statuses: {statuses:?}");
+    let rows = postgres_query(
+        &db,
+        "SELECT count(*) FROM users WHERE lower(email) = 'race@example.com'",
+    );
+    assert_eq!(rows, ["1"]);
+}
+
+#[test]
+fn failed_logins_split_across_instances_are_throttled_at_the_same_count_as_on_one() {
+    let Some((a, b, _db)) = two_instances(&["--max-login-failures", "4"]) else {
+        return;
+    };
+    let one = ChildServer::start(&["--max-login-failures", "4"]);
+    let alone = failures_until_throttled(&[&one]);
+    let split = failures_until_throttled(&[&a, &b]);
+    assert_eq!(alone, 4, "one instance lets through exactly the limit");
+    assert_eq!(split, alone, "two instances count as one");
+
+    // Throttled on both now, even with the right password, and for this pair only.
+    let right = [("email", "dave@example.com"), ("password", "right")];
+    for server in [&a, &b] {
+        let r = server.post("/sessions", &right);
+        assert_eq!(r.status, 429, "{}", r.text);
+        assert!(r.header("retry-after").is_some());
+    }
+    let from_elsewhere = post_from("127.0.0.2".parse().unwrap(), b.addr, "/sessions", &right);
+    assert_eq!(raw_status(&from_elsewhere), 200, "{from_elsewhere}");
+}
+
+#[test]
+fn an_active_session_stays_alive_across_instances_and_idles_out_on_both() {
+    let Some((a, b, _db)) = two_instances(&["--session-idle", "4"]) else {
+        return;
+    };
+    let session = a.register_and_log_in("erin@example.com", "pw");
+    // Used every 1.5 s, alternately on each instance, for longer than the idle limit: each
+    // instance's refresh of the idle clock is seen by the other.
+    for server in [&b, &a, &b, &a] {
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = server.get("/profile", Some(&session));
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(a.get("/profile", Some(&session)).status, 403);
+    assert_eq!(b.get("/profile", Some(&session)).status, 403);
+}
+
+#[test]
+fn requests_succeed_after_the_database_ends_every_connection() {
+    let Some((a, b, db)) = two_instances(&[]) else {
+        return;
+    };
+    let session = a.register_and_log_in("frank@example.com", "pw");
+    let kill_all = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let killed = postgres_query(&db, kill_all);
+    assert!(
+        killed.len() >= 16,
+        "both instances' workers were connected: {killed:?}"
+    );
+    // Every worker finds its connection gone, reconnects and answers as if nothing happened.
+    for i in 0..40 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let r = server.get("/profile", Some(&session));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text);
+    }
+    postgres_query(&db, kill_all);
+    assert_eq!(a.get("/health", None).status, 200);
+    let r = b.post(
+        "/users",
+        &[("email", "grace@example.com"), ("password", "pw")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    for server in [&a, &b] {
+        assert!(!server.output().contains(" 500 "), "{}", server.output());
+    }
+}
+
+#[test]
+fn instances_starting_together_on_an_empty_database_migrate_it_once() {
+    if !on_postgres() {
+        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
+        return;
+    }
+    let dir = TempDir::new();
+    let db = dir.path().join("auth.db");
+    let servers: Vec<ChildServer> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| ChildServer::start_on(TempDir::new(), &db, &[])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(schema_version(&db), auth_service::Db::schema_version());
+    for (i, server) in servers.iter().enumerate() {
+        let email = format!("user{i}@example.com");
+        server.register_and_log_in(&email, "pw");
+    }
+    // And one more, later, finds it current and changes nothing.
+    let late = ChildServer::start_on(dir, &db, &[]);
+    assert_eq!(
+        late.post(
+            "/sessions",
+            &[("email", "user0@example.com"), ("password", "pw")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        postgres_query(&db, "SELECT count(*) FROM schema_version"),
+        ["1"]
+    );
+}
+
+fn log_in(server: &Client, email: &str, password: &str) -> String {
+    let r = server.post("/sessions", &[("email", email), ("password", password)]);
+    assert_eq!(r.status, 200, "log in {email}: {}", r.text);
+    r.session_cookie().expect("a session cookie")
+}
+
+/// Registers `email`, waiting out 503s (the bcrypt queue shedding load, as a client that
+/// honours `Retry-After` would); the final status.
+fn register_until_answered(client: &Client, email: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.post("/users", &[("email", email), ("password", "pw")]);
+        if r.status != 503 || Instant::now() > deadline {
+            return r.status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Registers dave on the first server, then fails to log in as him round-robin across
+/// `servers` until one answers 429; how many failures were let through (answered 401).
+fn failures_until_throttled(servers: &[&ChildServer]) -> usize {
+    let r = servers[0].post(
+        "/users",
+        &[("email", "dave@example.com"), ("password", "right")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let wrong = [("email", "dave@example.com"), ("password", "wrong")];
+    for attempt in 0..50 {
+        let r = servers[attempt % servers.len()].post("/sessions", &wrong);
+        match r.status {
+            401 => continue,
+            429 => return attempt,
+            other => panic!("attempt {attempt}: {other} {}", r.text),
+        }
+    }
+    panic!("never throttled");
+}
