@@ -10,7 +10,7 @@ use std::str::FromStr;
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Request, Response, StatusCode};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -107,7 +107,9 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line()
+                    .map_err(|e| not_ascii_or_io(e, ReadError::WrongRequestLine))?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,7 +120,9 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line()
+                        .map_err(|e| not_ascii_or_io(e, ReadError::WrongHeader(version.clone())))?;
 
                     if line.is_empty() {
                         break;
@@ -175,8 +179,6 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
@@ -187,7 +189,7 @@ impl Iterator for ClientConnection {
             let rq = match self.read() {
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = error_response(400, "bad request");
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -197,7 +199,7 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = error_response(400, "bad request");
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -206,7 +208,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
+                    let response = error_response(408, "request timeout");
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -215,8 +217,8 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    let response = error_response(417, "expectation failed");
+                    response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
@@ -227,15 +229,16 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
+                // auth-service: answered through the request's own writer, and the connection
+                // closed. Upstream wrote through the next writer in the sequence, which waits
+                // for this request's writer to be released while `rq` still held it: the
+                // connection's thread blocked forever, a thread and a socket leaked per request.
+                let writer = rq.into_writer();
+                let response = error_response(505, "http version not supported");
                 response
                     .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                     .ok();
-                continue;
+                return None;
             }
 
             // updating the status of the connection
@@ -263,6 +266,27 @@ impl Iterator for ClientConnection {
             return Some(rq);
         }
     }
+}
+
+/// auth-service: a line that is not ASCII is a malformed request (answered 400), not a
+/// failed connection (closed without an answer).
+fn not_ascii_or_io(e: IoError, malformed: ReadError) -> ReadError {
+    if e.kind() == ErrorKind::InvalidInput {
+        malformed
+    } else {
+        ReadError::ReadIoError(e)
+    }
+}
+
+/// auth-service: what tiny_http answers by itself carries a JSON body, as every error of the
+/// service does.
+fn error_response(code: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(format!("{{\"message\":\"{message}\"}}"))
+        .with_status_code(StatusCode(code))
+        .with_header(crate::Header {
+            field: "Content-Type".parse().expect("a valid header name"),
+            value: "application/json".parse().expect("a valid header value"),
+        })
 }
 
 /// Parses a "HTTP/1.1" string.

@@ -338,6 +338,18 @@ impl Server {
                         }));
                     }
 
+                    // auth-service: these say nothing about the listening socket, so keep
+                    // accepting. A receive timeout on the listener (which accepted sockets
+                    // inherit) makes accept() fail with WouldBlock after that long without a
+                    // new connection; a client gone before accept() is ConnectionAborted; and
+                    // running out of descriptors passes once connections close.
+                    Err(e) if is_transient_accept_error(&e) => {
+                        log::warn!("Transient error accepting a new client: {}", e);
+                        if is_out_of_resources(&e) {
+                            thread::sleep(Duration::from_millis(50));
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
@@ -416,6 +428,23 @@ impl Iterator for IncomingRequests<'_> {
     fn next(&mut self) -> Option<Request> {
         self.server.recv().ok()
     }
+}
+
+/// auth-service: an accept() failure after which the listening socket still works.
+fn is_transient_accept_error(e: &IoError) -> bool {
+    matches!(
+        e.kind(),
+        IoErrorKind::WouldBlock
+            | IoErrorKind::TimedOut
+            | IoErrorKind::Interrupted
+            | IoErrorKind::ConnectionAborted
+            | IoErrorKind::ConnectionReset
+    ) || is_out_of_resources(e)
+}
+
+/// auth-service: EMFILE, ENFILE, ENOBUFS or ENOMEM (Linux numbers), worth a short pause.
+fn is_out_of_resources(e: &IoError) -> bool {
+    cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
 }
 
 impl Drop for Server {
