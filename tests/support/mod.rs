@@ -293,10 +293,22 @@ impl ChildServer {
     }
 
     pub fn start_on(dir: TempDir, db: &Path, args: &[&str]) -> ChildServer {
+        ChildServer::start_with_env(dir, db, args, &[])
+    }
+
+    /// [`ChildServer::start_on`] with extra environment variables (such as `AUTH_*`) for the
+    /// child.
+    pub fn start_with_env(
+        dir: TempDir,
+        db: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ChildServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
             .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
             .arg(test_db(db))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -308,6 +320,13 @@ impl ChildServer {
         let sink = Arc::clone(&output);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Collected before the address is handed over, so that `output()` holds the
+                // listening line once `start` has returned.
+                {
+                    let mut out = sink.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest
                         .split_whitespace()
@@ -316,9 +335,6 @@ impl ChildServer {
                         .to_owned();
                     let _ = tx.send(addr);
                 }
-                let mut out = sink.lock().unwrap();
-                out.push_str(&line);
-                out.push('\n');
             }
         });
         let stdout = child.stdout.take().unwrap();
@@ -431,4 +447,74 @@ pub fn raw_status(response: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+impl TestServer {
+    /// A server whose configuration `adjust` changes first and that routes through `handler`
+    /// (for example one worker and a handler that panics).
+    pub fn with_config_and_handler(
+        adjust: impl FnOnce(&mut Config),
+        handler: Handler,
+    ) -> TestServer {
+        let dir = Arc::new(TempDir::new());
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        TestServer::launch(config, dir, handler)
+    }
+}
+
+/// Whether `s` is a UUID version 4 in its hyphenated text form (the reference's
+/// `str(uuid.uuid4())`).
+pub fn is_uuid_v4(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    lengths == [8, 4, 4, 4, 12]
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        && groups[2].starts_with('4')
+        && groups[3].starts_with(['8', '9', 'a', 'b'])
+}
+
+/// Reads one HTTP response from `stream`: the head, then as many body bytes as its
+/// `Content-Length` says. Gives up (returning what it has) after `limit` without a byte, so a
+/// server that never answers fails the test instead of hanging it.
+pub fn read_one_response(stream: &mut TcpStream, limit: Duration) -> String {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                out.truncate(end + 4 + length);
+                break;
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of a raw HTTP response (what follows the blank line).
+pub fn raw_body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// The first header called `name` (any case) of a raw HTTP response.
+pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }

@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // auth-service patch: a thread that was notified for a queued task but has not woken
+        // yet still counts as waiting, so upstream's `== 0` let a new connection sit in the
+        // queue, unserved, until some other connection closed. Only threads beyond the queued
+        // tasks are free.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
