@@ -237,6 +237,39 @@ fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     );
 }
 
+#[test]
+fn an_instance_refuses_a_database_that_a_newer_version_migrated() {
+    if !on_postgres() {
+        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
+        return;
+    }
+    let dir = TempDir::new();
+    let db = dir.path().join("auth.db");
+    ChildServer::start_on(TempDir::new(), &db, &[]).register_and_log_in("hal@example.com", "pw");
+    let newer = auth_service::Db::schema_version() + 1;
+    set_schema_version(&db, newer);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        .args(["--bind", "127.0.0.1:0", "--db"])
+        .arg(test_db(&db))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "database schema version {newer} is newer than this binary supports"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    // Refused, not touched.
+    assert_eq!(schema_version(&db), newer);
+    let users = postgres_query(&db, "SELECT email FROM users");
+    assert_eq!(users, ["hal@example.com"]);
+}
+
 fn log_in(server: &Client, email: &str, password: &str) -> String {
     let r = server.post("/sessions", &[("email", email), ("password", password)]);
     assert_eq!(r.status, 200, "log in {email}: {}", r.text);

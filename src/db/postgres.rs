@@ -271,34 +271,45 @@ impl Postgres {
 }
 
 /// Applies the schema steps this database has not seen, in one transaction that first takes
-/// an advisory lock: instances starting together queue on it, and each step runs once.
+/// an advisory lock: instances starting together queue on it, and each step runs once. A
+/// current database is only read, so a role without the right to create tables can run on it.
 fn migrate(client: &mut Client) -> Result<(), DbError> {
     let supported = MIGRATIONS.len() as i64;
     let mut tx = client.transaction().map_err(storage)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(storage)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .map_err(storage)?;
-    let found: i64 = tx
-        .query_opt("SELECT max(version) FROM schema_version", &[])
+    let versioned: bool = tx
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
         .map_err(storage)?
-        .and_then(|row| row.get::<_, Option<i64>>(0))
-        .unwrap_or(0);
+        .get(0);
+    let found: i64 = if versioned {
+        tx.query_one("SELECT max(version) FROM schema_version", &[])
+            .map_err(storage)?
+            .get::<_, Option<i64>>(0)
+            .unwrap_or(0)
+    } else {
+        0
+    };
     if found > supported {
         return Err(DbError::SchemaTooNew { found, supported });
     }
-    if found < supported {
-        for step in &MIGRATIONS[found as usize..] {
-            tx.batch_execute(step).map_err(storage)?;
-        }
-        tx.execute("DELETE FROM schema_version", &[])
-            .map_err(storage)?;
-        tx.execute(
-            "INSERT INTO schema_version (version) VALUES ($1)",
-            &[&supported],
-        )
-        .map_err(storage)?;
+    if found == supported {
+        return Ok(());
     }
+    if !versioned {
+        tx.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            .map_err(storage)?;
+    }
+    for step in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(step).map_err(storage)?;
+    }
+    tx.execute("DELETE FROM schema_version", &[])
+        .map_err(storage)?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES ($1)",
+        &[&supported],
+    )
+    .map_err(storage)?;
     tx.commit().map_err(storage)
 }
 
