@@ -8,12 +8,13 @@ use std::sync::Arc;
 use auth_service::auth::{digest, Auth, AuthError, Policy, Shared};
 use auth_service::db::{Db, DbError, Value};
 use auth_service::user::{Email, Password};
-use support::{is_uuid_v4, TempDir};
+use support::{is_uuid_v4, set_schema_version, test_db, TempDir};
 
-/// A store on a fresh file; the directory lives as long as the returned guard.
+/// A store on a fresh file (or, with AUTH_TEST_POSTGRES, a fresh PostgreSQL database); the
+/// directory lives as long as the returned guard.
 fn db() -> (Db, TempDir) {
     let dir = TempDir::new();
-    let db = Db::open(&dir.path().join("auth.db")).expect("the database opens");
+    let db = Db::open(&test_db(&dir.path().join("auth.db"))).expect("the database opens");
     (db, dir)
 }
 
@@ -231,7 +232,7 @@ fn update_user_cannot_take_an_email_in_use() {
 #[test]
 fn the_database_file_is_reopened_not_wiped() {
     let dir = TempDir::new();
-    let path = dir.path().join("auth.db");
+    let path = test_db(&dir.path().join("auth.db"));
     let bob = Db::open(&path)
         .unwrap()
         .add_user("bob@example.com", "h")
@@ -243,16 +244,13 @@ fn the_database_file_is_reopened_not_wiped() {
 #[test]
 fn a_database_from_a_newer_binary_is_refused() {
     let dir = TempDir::new();
-    let path = dir.path().join("auth.db");
+    let path = test_db(&dir.path().join("auth.db"));
     Db::open(&path)
         .unwrap()
         .add_user("bob@example.com", "h")
         .unwrap();
     let newer = Db::schema_version() + 1;
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_update(None, "user_version", newer)
-        .unwrap();
+    set_schema_version(&path, newer);
     match Db::open(&path) {
         Err(e @ DbError::SchemaTooNew { .. }) => {
             let message = e.to_string();
