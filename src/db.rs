@@ -1,20 +1,16 @@
 //! `Db`: the users table and the login throttle's counters (the reference's `db.py`).
 //!
-//! Two stores stand behind the same methods. [`sqlite`] is the embedded default: a file that
-//! each worker opens with its own connection. With the cargo feature `postgres`, a `--db` of
-//! the form `postgres://...` selects [`postgres`](self#postgresql) instead, so that any number
-//! of instances can share one database. Either way each worker owns its own `Db`, and every
-//! piece of state that must hold across workers or instances (sessions, reset tokens, the
-//! unique email, the throttle's counts) lives in the database, never in the process.
+//! Two stores stand behind the same methods. `src/db/sqlite.rs` is the embedded default: a
+//! file that each worker opens with its own connection. With the cargo feature `postgres`, a
+//! `--db` of the form `postgres://...` selects `src/db/postgres.rs` instead, so that any
+//! number of instances can share one database: its schema is `schema.postgres.sql`, its
+//! version a row in `schema_version`, and a connection the server dropped is reopened (and
+//! the statement retried once). Either way each worker owns its own `Db`, and every piece of
+//! state that must hold across workers or instances (sessions, reset tokens, the unique email,
+//! the throttle's counts) lives in the database, never in the process.
 //!
 //! The public API speaks in column names, [`Value`]s and [`User`]s, never in a driver's types.
 //! SQL is built only from the column whitelist here; values are always bound as parameters.
-//!
-//! # PostgreSQL
-//!
-//! `src/db/postgres.rs`: the schema is `schema.postgres.sql`, its version a row in
-//! `schema_version`; one connection per worker, reconnected (and the statement retried once)
-//! when the database restarted or ended the session.
 
 mod sqlite;
 
