@@ -39,7 +39,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The raw `Cookie` header, if any.
     pub cookie: Option<&'a str>,
-    /// The raw `X-Forwarded-For` header, if any (used only with `--trust-proxy`).
+    /// The `X-Forwarded-For` header lines, if any, joined with commas in order (used only with
+    /// `--trust-proxy`).
     pub forwarded_for: Option<&'a str>,
     /// The TCP peer's address.
     pub peer: IpAddr,

@@ -167,6 +167,12 @@ impl Shared {
             failures_since_prune: AtomicU64::new(0),
         }
     }
+
+    /// The hash verified for unknown emails. Public so tests can check it runs at the
+    /// configured cost; it matches no password, so showing it reveals nothing.
+    pub fn dummy_hash(&self) -> &str {
+        &self.dummy_hash
+    }
 }
 
 /// The reference's `Auth`, owning this worker's store connection.

@@ -290,7 +290,16 @@ fn serve(ctx: &Context<'_>, handler: Handler, mut request: tiny_http::Request) {
             .map(|h| h.value.as_str().to_owned())
     };
     let cookie = header("Cookie");
-    let forwarded_for = header("X-Forwarded-For");
+    // Every X-Forwarded-For line, joined in order (RFC 9110 5.3): a proxy that adds its own
+    // line instead of extending the client's must still have the last hop.
+    let forwarded_for = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("X-Forwarded-For"))
+        .map(|h| h.value.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for);
     let peer = request
         .remote_addr()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());

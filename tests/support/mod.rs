@@ -518,3 +518,67 @@ pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
         key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
     })
 }
+
+impl ChildServer {
+    /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
+    /// to the end; everything it printed. (Each reader thread holds a clone of `output` until
+    /// it reaches end of file, so the count falling to one means both pipes are drained.)
+    pub fn stop_and_collect(&mut self) -> String {
+        if self.child.try_wait().unwrap().is_none() {
+            self.signal("TERM");
+            assert_eq!(
+                self.wait_exit(Duration::from_secs(20)),
+                Some(0),
+                "the server exits 0 on SIGTERM"
+            );
+        }
+        let started = Instant::now();
+        while Arc::strong_count(&self.output) > 1 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.output()
+    }
+}
+
+/// Any request from source address `from` (a 127.0.0.0/8 address on Linux), closing the
+/// connection after it; the response as a [`Resp`].
+pub fn request_from(
+    from: IpAddr,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    raw_resp(&raw_request(from, to, &request))
+}
+
+/// A raw HTTP response (as [`raw_request`] returns it) as a [`Resp`].
+pub fn raw_resp(response: &str) -> Resp {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            Some((key.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect();
+    let text = raw_body(response).to_owned();
+    Resp {
+        status: raw_status(response),
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+        headers,
+    }
+}

@@ -1,0 +1,1096 @@
+//! Section 4 of the spec, "security beyond the reference", proved over real HTTP: the cookie's
+//! attributes, tokens hashed at rest, expiry, one-time reset tokens, out-of-band delivery, the
+//! dummy bcrypt verification, the login throttle, password and email bounds, and no secret in
+//! the output.
+//!
+//! Most tests run the real binary through [`Watched`], which collects every password, reset
+//! token and session id the test sends or receives and, when the test ends, checks that none of
+//! them reached the server's output or an error body. Time-bound tests use windows of one to
+//! three seconds and poll with a bound; none asserts how long anything took.
+
+mod support;
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use auth_service::auth::{digest, Auth, Policy, Shared};
+use auth_service::db::Db;
+use auth_service::user::{Email, Password};
+use support::*;
+
+const HERE: &str = "127.0.0.1";
+const ELSEWHERE: &str = "127.0.0.2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A password no log line could contain by chance.
+fn pw(tag: &str) -> String {
+    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
+/// The real binary, and every secret a test has used with it.
+struct Watched {
+    server: ChildServer,
+    secrets: RefCell<Vec<String>>,
+    checked: bool,
+}
+
+impl std::ops::Deref for Watched {
+    type Target = ChildServer;
+    fn deref(&self) -> &ChildServer {
+        &self.server
+    }
+}
+
+impl Watched {
+    fn start(args: &[&str]) -> Watched {
+        Watched {
+            server: ChildServer::start(args),
+            secrets: RefCell::new(Vec::new()),
+            checked: false,
+        }
+    }
+
+    /// Records a secret: from now on it must appear in no error body, and at the end nowhere
+    /// in the server's output.
+    fn keep(&self, secret: &str) {
+        if !secret.is_empty() {
+            self.secrets.borrow_mut().push(secret.to_owned());
+        }
+    }
+
+    fn assert_clean(&self, what: &str, text: &str) {
+        for secret in self.secrets.borrow().iter() {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} holds the secret {secret:?}:\n{text}"
+            );
+        }
+    }
+
+    /// Records the secrets a form sends.
+    fn keep_form(&self, form: &[(&str, &str)]) {
+        for (key, value) in form {
+            if ["password", "new_password", "reset_token"].contains(key) {
+                self.keep(value);
+            }
+        }
+    }
+
+    /// Records the secrets a response hands out, and checks an error body holds none.
+    fn see(&self, r: Resp) -> Resp {
+        if let Some(session) = r.session_cookie() {
+            self.keep(&session);
+        }
+        if let Some(token) = r.json["reset_token"].as_str() {
+            self.keep(token);
+        }
+        if r.status >= 400 {
+            self.assert_clean(&format!("a {} body", r.status), &r.text);
+        }
+        r
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
+        self.keep_form(form);
+        self.see(self.server.post(path, form))
+    }
+
+    fn put(&self, path: &str, form: &[(&str, &str)]) -> Resp {
+        self.keep_form(form);
+        self.see(self.server.put(path, form))
+    }
+
+    fn get(&self, path: &str, session: Option<&str>) -> Resp {
+        self.keep(session.unwrap_or_default());
+        self.see(self.server.get(path, session))
+    }
+
+    fn delete(&self, path: &str, session: Option<&str>) -> Resp {
+        self.keep(session.unwrap_or_default());
+        self.see(self.server.delete(path, session))
+    }
+
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.see(self.server.send(method, path, headers, body))
+    }
+
+    /// A form POST from source address `from` with extra headers.
+    fn post_via(
+        &self,
+        from: &str,
+        headers: &[(&str, &str)],
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> Resp {
+        self.keep_form(form);
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        self.see(request_from(
+            ip(from),
+            self.server.addr,
+            "POST",
+            path,
+            &all,
+            body.as_bytes(),
+        ))
+    }
+
+    /// A login from source address `from`.
+    fn log_in_from(&self, from: &str, email: &str, password: &str) -> Resp {
+        self.post_via(
+            from,
+            &[],
+            "/sessions",
+            &[("email", email), ("password", password)],
+        )
+    }
+
+    fn register(&self, email: &str, password: &str) {
+        let r = self.post("/users", &[("email", email), ("password", password)]);
+        assert_eq!(r.status, 200, "register {email}: {}", r.text);
+    }
+
+    fn log_in(&self, email: &str, password: &str) -> String {
+        let r = self.post("/sessions", &[("email", email), ("password", password)]);
+        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
+        r.session_cookie().expect("a session cookie")
+    }
+
+    fn reset_token(&self, email: &str) -> String {
+        let r = self.post("/reset_password", &[("email", email)]);
+        assert_eq!(r.status, 200, "reset token for {email}: {}", r.text);
+        r.json["reset_token"].as_str().expect("a token").to_owned()
+    }
+
+    fn reset(&self, email: &str, token: &str, new_password: &str) -> Resp {
+        self.put(
+            "/reset_password",
+            &[
+                ("email", email),
+                ("reset_token", token),
+                ("new_password", new_password),
+            ],
+        )
+    }
+
+    /// Stops the server and checks that its output holds none of the secrets; the output.
+    fn stop(&mut self) -> String {
+        let output = self.server.stop_and_collect();
+        self.checked = true;
+        assert!(
+            output.contains("listening on http://") && output.contains("ms\n"),
+            "the server's output, with its access log, was captured:\n{output}"
+        );
+        self.assert_clean("the server's output", &output);
+        output
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.checked && !std::thread::panicking() {
+            self.stop();
+        }
+    }
+}
+
+/// The `Retry-After` of a 429: whole seconds, at least one, at most the window.
+fn retry_after(r: &Resp, window: u64) -> u64 {
+    assert_eq!(r.status, 429, "{}", r.text);
+    let value = r.header("retry-after").expect("a Retry-After header");
+    let secs: u64 = value
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {value:?} is whole seconds"));
+    assert!(
+        (1..=window).contains(&secs),
+        "Retry-After {secs} of {window}"
+    );
+    secs
+}
+
+/// Polls `check` every `every` until it holds or `limit` passes; whether it held.
+fn eventually(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if started.elapsed() > limit {
+            return false;
+        }
+        sleep(every);
+    }
+}
+
+/// An executable shell script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cookie
+
+#[test]
+fn session_cookie_carries_its_attributes_and_logout_clears_it() {
+    let s = Watched::start(&["--session-ttl", "1234"]);
+    let password = pw("cookie");
+    s.register("c@example.com", &password);
+    let r = s.post(
+        "/sessions",
+        &[("email", "c@example.com"), ("password", &password)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.session_cookie().unwrap();
+    assert!(is_uuid_v4(&id), "{id}");
+    assert_eq!(
+        r.header("set-cookie").unwrap(),
+        format!("session_id={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=1234")
+    );
+
+    let r = s.delete("/sessions", Some(&id));
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("/"));
+    assert_eq!(
+        r.header("set-cookie").unwrap(),
+        "session_id=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+    );
+    assert_eq!(s.get("/profile", Some(&id)).status, 403);
+}
+
+#[test]
+fn session_cookie_lasts_a_day_by_default() {
+    let s = Watched::start(&[]);
+    let password = pw("day");
+    s.register("d@example.com", &password);
+    let r = s.post(
+        "/sessions",
+        &[("email", "d@example.com"), ("password", &password)],
+    );
+    assert!(r.header("set-cookie").unwrap().ends_with("; Max-Age=86400"));
+}
+
+#[test]
+fn secure_cookies_adds_secure_to_both_cookies() {
+    let s = Watched::start(&["--secure-cookies"]);
+    let password = pw("secure");
+    s.register("s@example.com", &password);
+    let r = s.post(
+        "/sessions",
+        &[("email", "s@example.com"), ("password", &password)],
+    );
+    let id = r.session_cookie().unwrap();
+    assert_eq!(
+        r.header("set-cookie").unwrap(),
+        format!("session_id={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400; Secure")
+    );
+    let r = s.delete("/sessions", Some(&id));
+    assert_eq!(
+        r.header("set-cookie").unwrap(),
+        "session_id=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+    );
+
+    // The library's Config field does the same in process.
+    let t = TestServer::with(|c| c.secure_cookies = true);
+    let id = t.register_and_log_in("t@example.com", "in-process");
+    let r = t.delete("/sessions", Some(&id));
+    assert!(r
+        .header("set-cookie")
+        .unwrap()
+        .ends_with("; Max-Age=0; Secure"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens at rest
+
+#[test]
+fn session_ids_and_reset_tokens_are_not_in_the_database_files() {
+    let mut s = Watched::start(&[]);
+    let db = s.dir.path().join("auth.db");
+    let (first, second) = (pw("first"), pw("second"));
+    s.register("rest@example.com", &first);
+    let ended = s.log_in("rest@example.com", &first);
+    let spent = s.reset_token("rest@example.com");
+    assert_eq!(s.reset("rest@example.com", &spent, &second).status, 200);
+    let session = s.log_in("rest@example.com", &second);
+    let pending = s.reset_token("rest@example.com");
+    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+
+    // On SQLite the bytes of the file, its WAL and its shared-memory index; on PostgreSQL
+    // every row.
+    let check = |when: &str| {
+        let stored = stored_text(&db).to_lowercase();
+        // The digests are there, so this is where the tokens would be.
+        assert!(
+            stored.contains(&digest(&session)) && stored.contains(&digest(&pending)),
+            "{when}: the digests are stored"
+        );
+        for token in [&ended, &spent, &session, &pending] {
+            let bare = token.replace('-', "");
+            assert!(
+                !stored.contains(token.as_str()) && !stored.contains(&bare),
+                "{when}: {token} is stored in the clear"
+            );
+        }
+        for password in [&first, &second] {
+            assert!(
+                !stored.contains(&password.to_lowercase()),
+                "{when}: a password is stored"
+            );
+        }
+    };
+    if !on_postgres() {
+        assert!(Path::new(&format!("{}-wal", db.display())).exists());
+    }
+    check("while running");
+    s.stop();
+    check("after stopping");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+
+#[test]
+fn a_session_ends_after_its_ttl_even_in_use_and_then_reads_as_unknown() {
+    let s = Watched::start(&["--session-ttl", "2", "--session-idle", "3600"]);
+    let password = pw("ttl");
+    s.register("ttl@example.com", &password);
+    let r = s.post(
+        "/sessions",
+        &[("email", "ttl@example.com"), ("password", &password)],
+    );
+    assert!(r.header("set-cookie").unwrap().ends_with("; Max-Age=2"));
+    let id = r.session_cookie().unwrap();
+    assert_eq!(s.get("/profile", Some(&id)).status, 200);
+
+    // Used all along, it still ends.
+    let ended = eventually(Duration::from_secs(6), Duration::from_millis(200), || {
+        s.get("/profile", Some(&id)).status == 403
+    });
+    assert!(ended, "the session outlived --session-ttl");
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (expired, stranger) = (
+        s.get("/profile", Some(&id)),
+        s.get("/profile", Some(&unknown)),
+    );
+    assert_eq!((expired.status, expired.text), (403, stranger.text));
+    let (expired, stranger) = (
+        s.delete("/sessions", Some(&id)),
+        s.delete("/sessions", Some(&unknown)),
+    );
+    assert_eq!(expired.header("set-cookie"), None);
+    assert_eq!((expired.status, expired.text), (403, stranger.text));
+}
+
+#[test]
+fn an_idle_session_ends_while_an_active_one_lives_on() {
+    let s = Watched::start(&["--session-idle", "3", "--session-ttl", "3600"]);
+    let (a, b) = (pw("active"), pw("idle"));
+    s.register("active@example.com", &a);
+    s.register("idle@example.com", &b);
+    let active = s.log_in("active@example.com", &a);
+    let idle = s.log_in("idle@example.com", &b);
+
+    // Well past the idle time, in use every 300 ms.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        let r = s.get("/profile", Some(&active));
+        assert_eq!(r.status, 200, "an active session ended: {}", r.text);
+        sleep(Duration::from_millis(300));
+    }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (expired, stranger) = (
+        s.get("/profile", Some(&idle)),
+        s.get("/profile", Some(&unknown)),
+    );
+    assert_eq!((expired.status, expired.text), (403, stranger.text));
+    assert_eq!(s.get("/profile", Some(&active)).status, 200);
+}
+
+#[test]
+fn a_reset_token_expires_after_reset_ttl_and_then_reads_as_unknown() {
+    let s = Watched::start(&["--reset-ttl", "2"]);
+    let (old, new) = (pw("old"), pw("new"));
+    s.register("late@example.com", &old);
+    s.register("prompt@example.com", &old);
+    let late = s.reset_token("late@example.com");
+    // The same setting lets a token used at once work (so what follows is expiry).
+    let prompt = s.reset_token("prompt@example.com");
+    assert_eq!(s.reset("prompt@example.com", &prompt, &new).status, 200);
+
+    sleep(Duration::from_millis(2100));
+    let expired = s.reset("late@example.com", &late, &new);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let stranger = s.reset("late@example.com", &unknown, &new);
+    assert_eq!((expired.status, expired.text), (403, stranger.text));
+    assert_eq!(s.log_in_from(HERE, "late@example.com", &old).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reset tokens
+
+#[test]
+fn a_reset_token_works_once_with_its_own_email_and_only_while_newest() {
+    let s = Watched::start(&[]);
+    let (old, other, new, newer) = (pw("old"), pw("other"), pw("new"), pw("newer"));
+    s.register("ann@example.com", &old);
+    s.register("bob@example.com", &other);
+    let unknown = s.reset("ann@example.com", &uuid::Uuid::new_v4().to_string(), &new);
+    assert_eq!(unknown.status, 403);
+
+    let replaced = s.reset_token("ann@example.com");
+    let token = s.reset_token("ann@example.com");
+    assert_ne!(replaced, token);
+    assert!(is_uuid_v4(&token));
+    let refused = [
+        s.reset("ann@example.com", &replaced, &new),
+        s.reset("bob@example.com", &token, &new),
+    ];
+    for r in refused {
+        assert_eq!((r.status, &r.text), (403, &unknown.text));
+    }
+    // Bob keeps his password; Ann's token survived the attempt with Bob's email.
+    assert_eq!(s.log_in_from(HERE, "bob@example.com", &other).status, 200);
+    let r = s.reset("ann@example.com", &token, &new);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"email":"ann@example.com","message":"Password updated"}"#
+    );
+    let spent = s.reset("ann@example.com", &token, &newer);
+    assert_eq!((spent.status, spent.text), (403, unknown.text));
+
+    assert_eq!(s.log_in_from(HERE, "ann@example.com", &old).status, 401);
+    assert_eq!(s.log_in_from(HERE, "ann@example.com", &newer).status, 401);
+    assert_eq!(s.log_in_from(HERE, "ann@example.com", &new).status, 200);
+}
+
+#[test]
+fn a_successful_reset_ends_the_session() {
+    let s = Watched::start(&[]);
+    let (old, new) = (pw("old"), pw("new"));
+    s.register("sam@example.com", &old);
+    let session = s.log_in("sam@example.com", &old);
+    let token = s.reset_token("sam@example.com");
+    // Asking for a token, or failing to use one, leaves the session alone.
+    let wrong = uuid::Uuid::new_v4().to_string();
+    assert_eq!(s.reset("sam@example.com", &wrong, &new).status, 403);
+    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+
+    assert_eq!(s.reset("sam@example.com", &token, &new).status, 200);
+    assert_eq!(s.get("/profile", Some(&session)).status, 403);
+    assert_eq!(s.delete("/sessions", Some(&session)).status, 403);
+}
+
+#[test]
+fn the_reset_command_delivers_the_token_and_the_response_holds_none() {
+    let dir = TempDir::new();
+    let out = dir.path().join("delivered");
+    let command = script(
+        dir.path(),
+        "deliver.sh",
+        &format!(
+            "printf '%s\\n%s\\n' \"$AUTH_EMAIL\" \"$AUTH_RESET_TOKEN\" > '{}'",
+            out.display()
+        ),
+    );
+    let mut s = Watched::start(&["--reset-command", command.to_str().unwrap()]);
+    let (old, new) = (pw("old"), pw("new"));
+    s.register("mail@example.com", &old);
+    let session = s.log_in("mail@example.com", &old);
+
+    let r = s.post("/reset_password", &[("email", " mail@example.com ")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"email":"mail@example.com","message":"reset token sent"}"#
+    );
+    let delivered = std::fs::read_to_string(&out).expect("the command ran");
+    let lines: Vec<&str> = delivered.lines().collect();
+    let [email, token] = lines[..] else {
+        panic!("the command wrote {delivered:?}");
+    };
+    s.keep(token);
+    assert_eq!(email, "mail@example.com");
+    assert!(is_uuid_v4(token), "{token}");
+    assert!(!r.text.contains(token));
+
+    let r = s.reset("mail@example.com", token, &new);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(s.get("/profile", Some(&session)).status, 403);
+    s.log_in("mail@example.com", &new);
+
+    let output = s.stop();
+    assert!(
+        !output.to_lowercase().contains("warning"),
+        "no development warning with --reset-command:\n{output}"
+    );
+}
+
+#[test]
+fn without_a_reset_command_the_server_warns_once() {
+    let mut s = Watched::start(&[]);
+    let password = pw("warn");
+    s.register("w@example.com", &password);
+    s.reset_token("w@example.com");
+    s.reset_token("w@example.com");
+    let output = s.stop();
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|l| l.to_lowercase().contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{output}");
+    assert!(warnings[0].contains("--reset-command"), "{}", warnings[0]);
+}
+
+#[test]
+fn a_failing_reset_command_is_an_opaque_500() {
+    let dir = TempDir::new();
+    let failing = script(dir.path(), "fail.sh", "exit 3");
+    let missing = dir.path().join("no-such-command");
+    for command in [failing, missing] {
+        let s = Watched::start(&["--reset-command", command.to_str().unwrap()]);
+        s.register("fail@example.com", &pw("fail"));
+        let r = s.post("/reset_password", &[("email", "fail@example.com")]);
+        assert_eq!(r.status, 500, "{}", r.text);
+        assert_eq!(r.text, r#"{"message":"internal error"}"#);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing: the dummy verification
+
+#[test]
+fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
+    let s = TestServer::start();
+    s.register_and_log_in("known@example.com", "right-password");
+    let count = || s.server().shared().metrics.bcrypt_verifications();
+    let log_in = |email: &str, password: &str| {
+        let before = count();
+        let r = s.post("/sessions", &[("email", email), ("password", password)]);
+        (r.status, count() - before)
+    };
+    assert_eq!(log_in("known@example.com", "wrong-password"), (401, 1));
+    assert_eq!(log_in("unknown@example.com", "wrong-password"), (401, 1));
+    assert_eq!(log_in("known@example.com", "right-password"), (200, 1));
+
+    // The same in the Auth layer.
+    let dir = TempDir::new();
+    let policy = Policy {
+        bcrypt_cost: 4,
+        ..Policy::default()
+    };
+    let auth = Auth::new(
+        Db::open(&test_db(&dir.path().join("auth.db"))).unwrap(),
+        Arc::new(Shared::new(policy, 1, 1)),
+    );
+    let known = Email::parse("known@example.com").unwrap();
+    let unknown = Email::parse("unknown@example.com").unwrap();
+    let right = Password::parse("right-password").unwrap();
+    let wrong = Password::parse("wrong-password").unwrap();
+    auth.register_user(&known, &right).unwrap();
+    let count = || auth.shared().metrics.bcrypt_verifications();
+    assert_eq!(count(), 0);
+    assert!(!auth.valid_login(&known, &wrong).unwrap());
+    assert_eq!(count(), 1);
+    assert!(!auth.valid_login(&unknown, &wrong).unwrap());
+    assert_eq!(count(), 2);
+    assert!(!auth.valid_login(&unknown, &right).unwrap());
+    assert_eq!(count(), 3);
+}
+
+#[test]
+fn the_dummy_hash_is_well_formed_at_the_configured_cost() {
+    let cost_of = |hash: &str| hash.parse::<bcrypt::HashParts>().unwrap().get_cost();
+    for cost in [4, 5, 12, 31] {
+        let policy = Policy {
+            bcrypt_cost: cost,
+            ..Policy::default()
+        };
+        let shared = Shared::new(policy, 1, 1);
+        assert_eq!(cost_of(shared.dummy_hash()), cost);
+    }
+    // A real hash that matches nothing: verifying it runs bcrypt, and fails.
+    let shared = Shared::new(
+        Policy {
+            bcrypt_cost: 5,
+            ..Policy::default()
+        },
+        1,
+        1,
+    );
+    for password in ["", "auth-service dummy password", "password"] {
+        assert!(!bcrypt::verify(password, shared.dummy_hash()).unwrap());
+    }
+    // The running server's is at its configured cost.
+    let s = TestServer::with(|c| c.policy.bcrypt_cost = 6);
+    assert_eq!(cost_of(s.server().shared().dummy_hash()), 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The login throttle
+
+#[test]
+fn failures_throttle_the_address_and_email_pair_but_not_the_account() {
+    let s = Watched::start(&[]);
+    let (right, other) = (pw("right"), pw("other"));
+    s.register("pat@example.com", &right);
+    s.register("quin@example.com", &other);
+    // Case and white space do not make another pair.
+    for email in [
+        "pat@example.com",
+        "PAT@example.com",
+        " pat@example.com ",
+        "Pat@Example.com",
+        "pat@EXAMPLE.COM",
+    ] {
+        let r = s.log_in_from(HERE, email, &pw("wrong"));
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    let r = s.log_in_from(HERE, "pat@example.com", &right);
+    retry_after(&r, 900);
+    assert_eq!(r.json["message"].as_str().map(str::is_empty), Some(false));
+    assert_eq!(r.session_cookie(), None);
+
+    // The account logs in from elsewhere; that does not lift the throttle here.
+    assert_eq!(
+        s.log_in_from(ELSEWHERE, "pat@example.com", &right).status,
+        200
+    );
+    assert_eq!(s.log_in_from(HERE, "pat@example.com", &right).status, 429);
+    // Another email from the same address is not throttled.
+    assert_eq!(s.log_in_from(HERE, "quin@example.com", &other).status, 200);
+}
+
+#[test]
+fn a_success_clears_the_pair() {
+    let s = Watched::start(&[]);
+    let right = pw("right");
+    s.register("rae@example.com", &right);
+    for _ in 0..3 {
+        for _ in 0..4 {
+            let r = s.log_in_from(HERE, "rae@example.com", &pw("wrong"));
+            assert_eq!(r.status, 401, "{}", r.text);
+        }
+        assert_eq!(s.log_in_from(HERE, "rae@example.com", &right).status, 200);
+    }
+}
+
+#[test]
+fn an_address_is_capped_across_emails() {
+    // Two per pair, so twenty per address.
+    let s = Watched::start(&["--max-login-failures", "2"]);
+    let right = pw("right");
+    s.register("vic@example.com", &right);
+    let mut spray = (0..20).map(|i| format!("user{i}@example.com"));
+    for email in spray.by_ref().take(19) {
+        let r = s.log_in_from(HERE, &email, &pw("guess"));
+        assert_eq!(r.status, 401, "{email}: {}", r.text);
+    }
+    // A success clears the pair, not the address's count.
+    assert_eq!(s.log_in_from(HERE, "vic@example.com", &right).status, 200);
+    let email = spray.next().unwrap();
+    assert_eq!(s.log_in_from(HERE, &email, &pw("guess")).status, 401);
+
+    for email in ["vic@example.com", "fresh@example.com"] {
+        let r = s.log_in_from(HERE, email, &right);
+        retry_after(&r, 900);
+    }
+    assert_eq!(
+        s.log_in_from(ELSEWHERE, "vic@example.com", &right).status,
+        200
+    );
+}
+
+#[test]
+fn the_throttle_lifts_when_the_window_passes() {
+    let s = Watched::start(&["--login-window", "2"]);
+    let right = pw("right");
+    s.register("win@example.com", &right);
+    // Five failures in one window throttle; should a slow machine let the window pass between
+    // them, the count starts again, so fail until throttled.
+    let mut throttled = None;
+    for _ in 0..30 {
+        let r = s.log_in_from(HERE, "win@example.com", &pw("wrong"));
+        if r.status == 429 {
+            throttled = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+    let wait = retry_after(&throttled.expect("throttled"), 2);
+    // Retry-After is honest: waiting that long is enough.
+    sleep(Duration::from_secs(wait) + Duration::from_millis(100));
+    let r = s.log_in_from(HERE, "win@example.com", &right);
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Five failures for `email` from behind a proxy that sent `forwarded`.
+fn fail_five_times(s: &Watched, forwarded: &str, email: &str) {
+    for _ in 0..5 {
+        let r = s.post_via(
+            HERE,
+            &[("X-Forwarded-For", forwarded)],
+            "/sessions",
+            &[("email", email), ("password", &pw("wrong"))],
+        );
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+}
+
+fn log_in_forwarded(s: &Watched, forwarded: &[&str], email: &str, password: &str) -> u16 {
+    let headers: Vec<(&str, &str)> = forwarded.iter().map(|f| ("X-Forwarded-For", *f)).collect();
+    s.post_via(
+        HERE,
+        &headers,
+        "/sessions",
+        &[("email", email), ("password", password)],
+    )
+    .status
+}
+
+#[test]
+fn behind_a_trusted_proxy_the_last_forwarded_hop_is_the_client() {
+    let s = Watched::start(&["--trust-proxy"]);
+    let right = pw("right");
+    s.register("xff@example.com", &right);
+    // The client forged the first hop; the proxy appended the address it saw.
+    fail_five_times(&s, "203.0.113.9, 198.51.100.7", "xff@example.com");
+
+    let email = "xff@example.com";
+    assert_eq!(log_in_forwarded(&s, &["198.51.100.7"], email, &right), 429);
+    assert_eq!(
+        log_in_forwarded(&s, &["10.1.1.1, 198.51.100.7"], email, &right),
+        429,
+        "forging an earlier hop does not escape the throttle"
+    );
+    // A proxy that adds its own header line instead of extending the client's.
+    assert_eq!(
+        log_in_forwarded(&s, &["10.1.1.1", "198.51.100.7"], email, &right),
+        429,
+        "a forged header line before the proxy's does not escape the throttle"
+    );
+    // Another client behind the same proxy (the same TCP peer) logs in.
+    assert_eq!(log_in_forwarded(&s, &["198.51.100.8"], email, &right), 200);
+    assert_eq!(
+        log_in_forwarded(&s, &["198.51.100.7, 203.0.113.9"], email, &right),
+        200
+    );
+}
+
+#[test]
+fn without_trust_proxy_the_forwarded_header_is_ignored() {
+    let s = Watched::start(&[]);
+    let right = pw("right");
+    s.register("peer@example.com", &right);
+    fail_five_times(&s, "198.51.100.7", "peer@example.com");
+    let email = "peer@example.com";
+    assert_eq!(log_in_forwarded(&s, &["198.51.100.8"], email, &right), 429);
+    assert_eq!(log_in_forwarded(&s, &[], email, &right), 429);
+    assert_eq!(s.log_in_from(ELSEWHERE, email, &right).status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passwords and emails
+
+#[test]
+fn passwords_over_72_bytes_are_refused_never_truncated() {
+    let s = Watched::start(&[]);
+    let ascii_73 = format!("{}x", pw("long").repeat(4)).as_bytes()[..73].to_vec();
+    let ascii_73 = String::from_utf8(ascii_73).unwrap();
+    let euros_72 = "€".repeat(24);
+    let euros_73 = format!("{}éé", "€".repeat(23));
+    assert_eq!(
+        (ascii_73.len(), euros_72.len(), euros_73.len()),
+        (73, 72, 73)
+    );
+
+    for long in [&ascii_73, &euros_73] {
+        let r = s.post(
+            "/users",
+            &[("email", "long@example.com"), ("password", long)],
+        );
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.text, r#"{"message":"password is longer than 72 bytes"}"#);
+    }
+    s.register("euro@example.com", &euros_72);
+    let session = s.log_in("euro@example.com", &euros_72);
+    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    // Its first 72 bytes are the whole registered password: truncation would let this in.
+    let r = s.post(
+        "/sessions",
+        &[
+            ("email", "euro@example.com"),
+            ("password", &format!("{euros_72}!")),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+
+    let token = s.reset_token("euro@example.com");
+    let r = s.reset("euro@example.com", &token, &ascii_73);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"message":"new_password is longer than 72 bytes"}"#
+    );
+}
+
+#[test]
+fn min_password_length_applies_to_new_passwords_but_not_to_login() {
+    let mut s = TestServer::start();
+    s.register_and_log_in("early@example.com", "abc");
+    s.config.policy.min_password_length = 8;
+    let s = s.restart();
+
+    // Seven characters, and four characters in nine bytes.
+    for short in ["seven77", "ééé€"] {
+        let r = s.post(
+            "/users",
+            &[("email", "new@example.com"), ("password", short)],
+        );
+        assert_eq!(r.status, 400, "{short}: {}", r.text);
+        assert_eq!(
+            r.text,
+            r#"{"message":"password is shorter than 8 characters"}"#
+        );
+    }
+    // Characters, not bytes: eight euro signs are 24 bytes and enough.
+    s.register_and_log_in("new@example.com", &"€".repeat(8));
+
+    // A password set before the minimum still logs in.
+    let r = s.post(
+        "/sessions",
+        &[("email", "early@example.com"), ("password", "abc")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let r = s.post("/reset_password", &[("email", "early@example.com")]);
+    let token = r.json["reset_token"].as_str().unwrap().to_owned();
+    let reset = |new: &str| {
+        s.put(
+            "/reset_password",
+            &[
+                ("email", "early@example.com"),
+                ("reset_token", &token),
+                ("new_password", new),
+            ],
+        )
+    };
+    let r = reset("abcdefg");
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"message":"new_password is shorter than 8 characters"}"#
+    );
+    assert_eq!(reset("abcdefgh").status, 200, "the refusal spent no token");
+}
+
+#[test]
+fn emails_are_trimmed_unique_in_any_case_and_log_in_in_any_case() {
+    let s = Watched::start(&[]);
+    let (password, new) = (pw("case"), pw("new"));
+    let r = s.post(
+        "/users",
+        &[
+            ("email", "  Mixed.Case@Example.COM \t"),
+            ("password", &password),
+        ],
+    );
+    assert_eq!(
+        r.text,
+        r#"{"email":"Mixed.Case@Example.COM","message":"user created"}"#
+    );
+    for taken in ["mixed.case@example.com", " MIXED.CASE@EXAMPLE.COM "] {
+        let r = s.post("/users", &[("email", taken), ("password", &pw("dup"))]);
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.text, r#"{"message":"email already registered"}"#);
+    }
+    let session = s.log_in(" mixed.CASE@example.com ", &password);
+    let r = s.get("/profile", Some(&session));
+    assert_eq!(r.text, r#"{"email":"Mixed.Case@Example.COM"}"#);
+
+    let token = s.reset_token("MIXED.CASE@EXAMPLE.COM");
+    assert_eq!(s.reset(" mixed.case@example.com", &token, &new).status, 200);
+    s.log_in("Mixed.Case@Example.COM", &new);
+
+    let too_long = format!("{}@example.com", "a".repeat(243));
+    assert_eq!(too_long.len(), 255);
+    for bad in ["no-at-sign.example.com", too_long.as_str()] {
+        let r = s.post("/users", &[("email", bad), ("password", &password)]);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// No secret in the output
+
+/// Every route, success and failure, throttling, and a reset with the token in the response;
+/// then a reset through a command, and a failing command. [`Watched`] checks each server's
+/// output for every password, token and session id used.
+#[test]
+fn no_secret_reaches_the_output_on_any_route() {
+    let mut s = Watched::start(&["--max-login-failures", "2", "--metrics"]);
+    let (right, new) = (pw("right"), pw("new"));
+    let email = "tour@example.com";
+
+    assert_eq!(s.get("/", None).status, 200);
+    assert_eq!(s.get("/health", None).status, 200);
+    s.register(email, &right);
+    assert_eq!(
+        s.post("/users", &[("email", email), ("password", &pw("dup"))])
+            .status,
+        400
+    );
+    let long = pw("long").repeat(4);
+    assert_eq!(
+        s.post("/users", &[("email", "x@example.com"), ("password", &long)])
+            .status,
+        400
+    );
+    let garbled = pw("garbled");
+    s.keep(&garbled);
+    let body = format!("email=g%40example.com&password={garbled}%FF");
+    let r = s.send(
+        "POST",
+        "/users",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    let huge = pw("huge");
+    s.keep(&huge);
+    let body = format!("email={email}&password={huge}&pad={}", "p".repeat(70_000));
+    let r = s.send(
+        "POST",
+        "/users",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 413);
+
+    // Logins: wrong, unknown, right, then throttled from one address.
+    assert_eq!(s.log_in_from(HERE, email, &pw("wrong")).status, 401);
+    assert_eq!(
+        s.log_in_from(HERE, "nobody@example.com", &pw("wrong"))
+            .status,
+        401
+    );
+    let session = s.log_in(email, &right);
+    assert_eq!(s.log_in_from(ELSEWHERE, email, &pw("wrong")).status, 401);
+    assert_eq!(s.log_in_from(ELSEWHERE, email, &pw("wrong")).status, 401);
+    assert_eq!(s.log_in_from(ELSEWHERE, email, &right).status, 429);
+
+    // Sessions: the profile and logout, with live, unknown and no cookies, and a query.
+    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    assert_eq!(
+        s.get(&format!("/profile?session_id={session}"), None)
+            .status,
+        403
+    );
+    let forged = uuid::Uuid::new_v4().to_string();
+    assert_eq!(s.get("/profile", Some(&forged)).status, 403);
+    assert_eq!(s.get("/profile", None).status, 403);
+    assert_eq!(s.delete("/sessions", Some(&forged)).status, 403);
+    assert_eq!(s.delete("/sessions", Some(&session)).status, 302);
+    assert_eq!(s.delete("/sessions", Some(&session)).status, 403);
+
+    // Resets: unknown email, wrong token, another email's token, too long, right, reused.
+    assert_eq!(
+        s.post("/reset_password", &[("email", "nobody@example.com")])
+            .status,
+        403
+    );
+    let session = s.log_in(email, &right);
+    let token = s.reset_token(email);
+    assert_eq!(s.reset(email, &forged, &new).status, 403);
+    assert_eq!(s.reset("nobody@example.com", &token, &new).status, 403);
+    assert_eq!(s.reset(email, &token, &long).status, 400);
+    assert_eq!(s.reset(email, &token, &new).status, 200);
+    assert_eq!(s.reset(email, &token, &new).status, 403);
+    assert_eq!(s.get("/profile", Some(&session)).status, 403);
+    let session = s.log_in(email, &new);
+
+    // Unknown paths and methods, with a token in the query.
+    let r = s.get(&format!("/reset_password?reset_token={token}"), None);
+    assert_eq!(r.status, 405);
+    assert_eq!(s.get("/nowhere", Some(&session)).status, 404);
+    let metrics = s.get("/metrics", None);
+    assert_eq!(metrics.status, 200);
+    s.assert_clean("/metrics", &metrics.text);
+
+    let output = s.stop();
+    for line in [
+        "POST /users 200",
+        "POST /users 413",
+        "POST /sessions 429",
+        "GET /profile 200",
+        "DELETE /sessions 302",
+        "PUT /reset_password 200",
+        "GET /reset_password 405",
+    ] {
+        assert!(
+            output.contains(line),
+            "the access log has {line}:\n{output}"
+        );
+    }
+}
+
+#[test]
+fn no_secret_reaches_the_output_of_a_reset_command_server() {
+    let dir = TempDir::new();
+    let out = dir.path().join("delivered");
+    let deliver = script(
+        dir.path(),
+        "deliver.sh",
+        &format!("printf '%s' \"$AUTH_RESET_TOKEN\" > '{}'", out.display()),
+    );
+    let s = Watched::start(&["--reset-command", deliver.to_str().unwrap()]);
+    let (old, new) = (pw("old"), pw("new"));
+    s.register("cmd@example.com", &old);
+    let session = s.log_in("cmd@example.com", &old);
+    for _ in 0..2 {
+        assert_eq!(
+            s.post("/reset_password", &[("email", "cmd@example.com")])
+                .status,
+            200
+        );
+        s.keep(&std::fs::read_to_string(&out).unwrap());
+    }
+    let token = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(s.reset("cmd@example.com", &token, &new).status, 200);
+    assert_eq!(s.get("/profile", Some(&session)).status, 403);
+    s.log_in("cmd@example.com", &new);
+    drop(s);
+
+    // A command that fails after receiving the token: the 500's log line names no token.
+    let leaked = dir.path().join("leaked");
+    let failing = script(
+        dir.path(),
+        "fail.sh",
+        &format!(
+            "printf '%s' \"$AUTH_RESET_TOKEN\" > '{}'; exit 1",
+            leaked.display()
+        ),
+    );
+    let mut s = Watched::start(&["--reset-command", failing.to_str().unwrap()]);
+    s.register("cmd@example.com", &old);
+    let r = s.post("/reset_password", &[("email", "cmd@example.com")]);
+    assert_eq!(r.status, 500);
+    s.keep(&std::fs::read_to_string(&leaked).unwrap());
+    let output = s.stop();
+    assert!(output.contains("POST /reset_password 500"), "{output}");
+}
