@@ -31,6 +31,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
 ];
 
+/// Whether a route runs bcrypt (hashing or verifying a password): the server answers these on
+/// threads of their own so that they never hold up cheap requests.
+pub fn runs_bcrypt(method: &str, path: &str) -> bool {
+    matches!(
+        (method, path),
+        ("POST", "/users") | ("POST", "/sessions") | ("PUT", "/reset_password")
+    )
+}
+
 /// A request as the handlers see it: already read and bounded by the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -140,7 +149,7 @@ pub fn error_reply(error: AppError) -> Reply {
                 Reply::message(429, "too many failed logins, try again later")
                     .with_header("Retry-After", retry_after.to_string())
             }
-            AuthError::Busy => Reply::message(503, "too many logins in progress, try again")
+            AuthError::Busy => Reply::message(503, "too many password checks waiting, try again")
                 .with_header("Retry-After", "1"),
             AuthError::Input(e) => Reply::message(400, &e.to_string()),
             // The cause of a bcrypt error can quote a stored hash: log only its kind.

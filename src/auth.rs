@@ -69,7 +69,7 @@ pub enum AuthError {
     /// Too many failed logins from this address (for this email, or for all); retry after
     /// this many seconds.
     Throttled { retry_after: u64 },
-    /// More bcrypt work is queued than can be served in time; retry after a second.
+    /// More bcrypt work is waiting than can be served in time; retry after a second.
     Busy,
     /// A field failed to parse.
     Input(InputError),
@@ -92,7 +92,7 @@ impl fmt::Display for AuthError {
             AuthError::Throttled { retry_after } => {
                 write!(f, "too many failed logins, retry in {retry_after} s")
             }
-            AuthError::Busy => write!(f, "too many logins in progress"),
+            AuthError::Busy => write!(f, "too many password checks waiting"),
             AuthError::Input(e) => write!(f, "{e}"),
             AuthError::Delivery(why) => write!(f, "reset command failed: {why}"),
             AuthError::Hash(e) => write!(f, "bcrypt failed: {e}"),

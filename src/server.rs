@@ -10,14 +10,15 @@ use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::app::{self, Context, Reply, Request};
-use crate::auth::{Auth, Shared};
+use crate::app::{self, AppError, Context, Reply, Request};
+use crate::auth::{Auth, AuthError, Shared};
 use crate::config::{self, Config};
 use crate::db::{Db, DbError};
 
@@ -26,6 +27,10 @@ use crate::db::{Db, DbError};
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most time one request's body may take to arrive, however it trickles in.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Requests that may wait for a slow-lane thread, per thread; beyond that they are shed.
+/// At bcrypt cost 12 (about a quarter second a check) that is a wait of eight seconds at most.
+const SLOW_LANE_QUEUE_PER_THREAD: usize = 32;
 
 /// A request handler: the app's router, or a stand-in in tests.
 pub type Handler = fn(&Context<'_>, &Request<'_>) -> Reply;
@@ -120,9 +125,10 @@ impl Server {
             config::cores(),
             config::cores(),
         ));
-        // Opened before binding, so a bad path or a too-new schema fails the start; the first
-        // open also runs the migrations, once.
-        let dbs = (0..config.workers)
+        // One connection per worker and per slow-lane thread, opened before binding, so a bad
+        // path or a too-new schema fails the start; the first open also runs the migrations.
+        let lane_threads = config::cores();
+        let dbs = (0..config.workers + lane_threads)
             .map(|_| Db::open(&config.db))
             .collect::<Result<Vec<_>, _>>()?;
 
@@ -156,19 +162,37 @@ impl Server {
         }
 
         let config = Arc::new(config);
-        let workers = dbs
-            .into_iter()
+        // The slow lane: requests that run bcrypt wait here for one of `cores` threads, so the
+        // workers go straight back to cheap requests. Past its capacity they are shed with 503.
+        let (lane, jobs) = mpsc::sync_channel::<Job>(lane_threads * SLOW_LANE_QUEUE_PER_THREAD);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut dbs = dbs.into_iter();
+        let mut threads: Vec<JoinHandle<()>> = dbs
+            .by_ref()
+            .take(config.workers)
             .enumerate()
             .map(|(i, db)| {
                 let auth = Auth::new(db, Arc::clone(&shared));
                 let config = Arc::clone(&config);
                 let stopper = stopper.clone();
+                let lane = lane.clone();
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || work(auth, &config, handler, &stopper))
+                    .spawn(move || work(auth, &config, handler, &stopper, &lane))
                     .expect("spawning a worker thread")
             })
             .collect();
+        drop(lane);
+        threads.extend(dbs.enumerate().map(|(i, db)| {
+            let auth = Auth::new(db, Arc::clone(&shared));
+            let config = Arc::clone(&config);
+            let jobs = Arc::clone(&jobs);
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || slow_lane(auth, &config, handler, &jobs))
+                .expect("spawning a bcrypt thread")
+        }));
+        let workers = threads;
         Ok(Server {
             addr,
             stopper,
@@ -248,14 +272,14 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// One worker: take a request, answer it, until the server stops.
-fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper) {
+fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: &SyncSender<Job>) {
     let ctx = Context {
         auth: &auth,
         config,
     };
     loop {
         match stopper.0.http.recv() {
-            Ok(request) => serve(&ctx, handler, request),
+            Ok(request) => serve(&ctx, handler, request, lane),
             Err(_) if stopper.stopping() => return,
             Err(e) => {
                 // tiny_http's accept loop has died; no request will come again. Stop the whole
@@ -269,68 +293,131 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper) {
     }
 }
 
-/// Answers one request and writes its access-log line.
-fn serve(ctx: &Context<'_>, handler: Handler, mut request: tiny_http::Request) {
-    let started = Instant::now();
-    let metrics = &ctx.auth.shared().metrics;
-    metrics.request_started();
+/// One slow-lane thread: answer the bcrypt requests the workers hand over, until every worker
+/// has stopped and the queue is empty.
+fn slow_lane(auth: Auth, config: &Config, handler: Handler, jobs: &Mutex<Receiver<Job>>) {
+    let ctx = Context {
+        auth: &auth,
+        config,
+    };
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        match job {
+            Ok(job) => answer(&ctx, handler, job),
+            Err(_) => return,
+        }
+    }
+}
 
-    let method = request.method().as_str().to_owned();
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let header = |name: &'static str| {
-        request
+/// A request read off the socket and bounded, waiting for its handler.
+struct Job {
+    request: tiny_http::Request,
+    started: Instant,
+    method: String,
+    path: String,
+    cookie: Option<String>,
+    forwarded_for: Option<String>,
+    peer: IpAddr,
+    body: Result<Vec<u8>, BodyError>,
+}
+
+impl Job {
+    fn read(mut request: tiny_http::Request, max_body_bytes: usize) -> Job {
+        let started = Instant::now();
+        let method = request.method().as_str().to_owned();
+        let path = request
+            .url()
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let cookie = request
             .headers()
             .iter()
-            .find(|h| h.field.equiv(name))
-            .map(|h| h.value.as_str().to_owned())
-    };
-    let cookie = header("Cookie");
-    // Every X-Forwarded-For line, joined in order (RFC 9110 5.3): a proxy that adds its own
-    // line instead of extending the client's must still have the last hop.
-    let forwarded_for = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("X-Forwarded-For"))
-        .map(|h| h.value.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for);
-    let peer = request
-        .remote_addr()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            .find(|h| h.field.equiv("Cookie"))
+            .map(|h| h.value.as_str().to_owned());
+        // Every X-Forwarded-For line, joined in order (RFC 9110 5.3): a proxy that adds its own
+        // line instead of extending the client's must still have the last hop.
+        let forwarded_for = request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("X-Forwarded-For"))
+            .map(|h| h.value.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for);
+        let peer = request
+            .remote_addr()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let body = read_body(&mut request, max_body_bytes);
+        Job {
+            request,
+            started,
+            method,
+            path,
+            cookie,
+            forwarded_for,
+            peer,
+            body,
+        }
+    }
+}
 
-    let reply = match read_body(&mut request, ctx.config.max_body_bytes) {
+/// Reads one request, then answers it here or hands it to the slow lane.
+fn serve(ctx: &Context<'_>, handler: Handler, request: tiny_http::Request, lane: &SyncSender<Job>) {
+    ctx.auth.shared().metrics.request_started();
+    let job = Job::read(request, ctx.config.max_body_bytes);
+    if job.body.is_ok() && app::runs_bcrypt(&job.method, &job.path) {
+        match lane.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                let busy = app::error_reply(AppError::Auth(AuthError::Busy));
+                respond(ctx, job, busy);
+            }
+            Err(TrySendError::Disconnected(job)) => answer(ctx, handler, job),
+        }
+    } else {
+        answer(ctx, handler, job);
+    }
+}
+
+/// Runs the handler on a job (a panic becomes a 500) and responds.
+fn answer(ctx: &Context<'_>, handler: Handler, job: Job) {
+    let reply = match &job.body {
         Err(BodyError::TooLarge) => Reply::body_too_large(ctx.config.max_body_bytes),
         Err(BodyError::Unreadable) => Reply::message(400, "request body could not be read"),
         Ok(body) => {
             let rq = Request {
-                method: &method,
-                path: &path,
-                cookie: cookie.as_deref(),
-                forwarded_for: forwarded_for.as_deref(),
-                peer,
-                body: &body,
+                method: &job.method,
+                path: &job.path,
+                cookie: job.cookie.as_deref(),
+                forwarded_for: job.forwarded_for.as_deref(),
+                peer: job.peer,
+                body,
             };
             catch_unwind(AssertUnwindSafe(|| handler(ctx, &rq)))
                 .unwrap_or_else(|_| Reply::internal_error("the handler panicked"))
         }
     };
+    respond(ctx, job, reply);
+}
 
+/// Writes the reply, counts it, and writes the access-log line.
+fn respond(ctx: &Context<'_>, job: Job, reply: Reply) {
     let status = reply.status;
+    let path = printable(&job.path);
     if let Some(cause) = &reply.log {
-        eprintln!("error: {method} {} {status}: {cause}", printable(&path));
+        eprintln!("error: {} {path} {status}: {cause}", job.method);
     }
-    let _ = request.respond(to_response(reply));
-    metrics.request_finished(&path, status);
+    let _ = job.request.respond(to_response(reply));
+    ctx.auth
+        .shared()
+        .metrics
+        .request_finished(&job.path, status);
     eprintln!(
-        "{method} {} {status} {:.1}ms",
-        printable(&path),
-        started.elapsed().as_secs_f64() * 1000.0
+        "{} {path} {status} {:.1}ms",
+        job.method,
+        job.started.elapsed().as_secs_f64() * 1000.0
     );
 }
 
