@@ -11,12 +11,20 @@
 //! Each step asserts the status and the JSON body the reference promises; the first step that
 //! fails is named and the process exits 1. Each run registers a fresh address, so it can be
 //! repeated against the same server.
+//!
+//! An `https://` server whose certificate a private CA signed (a test proxy, as in
+//! `.ci/nginx.sh`) is trusted through that CA's PEM file alone:
+//!
+//! ```text
+//! AUTH_CA_CERT=ca.pem cargo run --example main -- https://127.0.0.1:8443
+//! ```
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use ureq::http::Response;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::{Agent, Body};
 
 const PASSWD: &str = "b4l0u";
@@ -31,18 +39,25 @@ struct Client {
 }
 
 impl Client {
-    fn new(base: &str) -> Client {
-        let agent: Agent = Agent::config_builder()
+    fn new(base: &str) -> Step<Client> {
+        let mut config = Agent::config_builder()
             // Statuses are what is being checked, so 4xx is an answer, not an error; and the
             // logout redirect is checked as such rather than followed.
             .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
-        Client {
-            agent,
-            base: base.trim_end_matches('/').to_owned(),
+            .max_redirects(0);
+        if let Some(path) = std::env::var_os("AUTH_CA_CERT") {
+            let shown = path.to_string_lossy().into_owned();
+            let pem =
+                std::fs::read(&path).map_err(|e| format!("setup: AUTH_CA_CERT {shown}: {e}"))?;
+            let ca = Certificate::from_pem(&pem)
+                .map_err(|e| format!("setup: AUTH_CA_CERT {shown}: {e}"))?;
+            let roots = RootCerts::new_with_certs(&[ca]);
+            config = config.tls_config(TlsConfig::builder().root_certs(roots).build());
         }
+        Ok(Client {
+            agent: config.build().into(),
+            base: base.trim_end_matches('/').to_owned(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -200,7 +215,7 @@ fn update_password(c: &Client, email: &str, reset_token: &str, new_password: &st
 }
 
 fn scenario(base: &str) -> Step<()> {
-    let c = Client::new(base);
+    let c = Client::new(base)?;
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
