@@ -4,8 +4,9 @@
 # --secure-cookies), with a certificate from a throwaway CA. Through it over HTTPS: the whole
 # scenario (examples/main.rs, trusting that CA through AUTH_CA_CERT), the Secure cookie, the
 # HTTP-to-HTTPS redirect and HSTS, the login throttle keyed on the address nginx saw and not
-# on a forged X-Forwarded-For, metrics kept off the proxy, JSON 413 and 503 from nginx. And
-# systemd-analyze verifies the unit file.
+# on a forged X-Forwarded-For, metrics kept off the proxy, JSON 413 and 503 from nginx; the
+# README's online backup of the serving database, and its restore. And systemd-analyze
+# verifies the unit file.
 #
 # Everything listens on 127.0.0.1 only, in a temporary directory removed on exit.
 # Called from .ci/run; runs on its own too (bash .ci/nginx.sh).
@@ -18,8 +19,10 @@ fail() {
     exit 1
 }
 
-if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
-    step "apt-get install nginx openssl curl"
+missing=
+for tool in nginx openssl curl sqlite3; do command -v "$tool" >/dev/null || missing=1; done
+if [ -n "$missing" ]; then
+    step "apt-get install nginx openssl curl sqlite3"
     # Install without starting Debian's own nginx on port 80 (policy-rc.d 101: do not start).
     made_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -29,7 +32,7 @@ if ! command -v nginx >/dev/null || ! command -v openssl >/dev/null || ! command
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        nginx openssl curl >/dev/null
+        nginx openssl curl sqlite3 >/dev/null
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 nginx -v
@@ -234,6 +237,13 @@ expect 413 "a 300 KB body (nginx's limit)"
 [ "$body" = '{"message":"request body is too large"}' ] || fail "nginx's 413 body $body"
 echo "ok"
 
+step "an online backup while the service runs (README, Backups)"
+sqlite3 "$tmp/auth.db" ".timeout 5000" ".backup $tmp/backup.db"
+[ "$(sqlite3 "$tmp/backup.db" "PRAGMA integrity_check")" = ok ] || fail "the backup is not intact"
+request 127.0.0.1 "$base/users" -d email=after-backup@example.com -d password=pw2
+expect 200 "register after the backup"
+echo "ok"
+
 step "with the service gone, nginx answers a JSON 503"
 kill "$service_pid"
 wait "$service_pid" 2>/dev/null || true
@@ -242,6 +252,24 @@ request 127.0.0.1 "$base/health"
 expect 503 "health with the service stopped"
 has_header '^retry-after: 5$' "the 503"
 [ "$body" = '{"message":"service unavailable, try again"}' ] || fail "503 body $body"
+echo "ok"
+
+step "restore the backup (README, Backups) and serve it again"
+cp "$tmp/backup.db" "$tmp/auth.db"
+rm -f "$tmp/auth.db-wal" "$tmp/auth.db-shm"
+# On the same port, so nginx finds it again.
+target/release/auth-service --bind "$service_addr" --db "$tmp/auth.db" --trust-proxy \
+    --secure-cookies --bcrypt-cost 4 2>"$tmp/service2.log" &
+service_pid=$!
+for _ in $(seq 100); do
+    grep -q "listening on" "$tmp/service2.log" && break
+    kill -0 "$service_pid" 2>/dev/null || { cat "$tmp/service2.log"; fail "the restored service died"; }
+    sleep 0.1
+done
+request 127.0.0.1 "$base/sessions" -d email=cookie@example.com -d password=pw1
+expect 200 "a user from before the backup logs in"
+request 127.0.0.1 "$base/sessions" -d email=after-backup@example.com -d password=pw2
+expect 401 "a user registered after the backup is gone"
 echo "ok"
 
 echo
