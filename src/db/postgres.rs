@@ -8,8 +8,11 @@
 //!
 //! A connection that the database dropped (a restart, `pg_terminate_backend`, a failover) is
 //! reopened on its next use, and the statement that found it dead is run once more on the new
-//! one. The statements are single round trips that either ran or did not, so a retry does
-//! not apply anything twice.
+//! one. Each statement is one round trip in its own transaction, and one sent on a connection
+//! that was already gone never ran, so the retry is what makes a restart invisible. Only a
+//! connection lost between the server's commit and its answer can make the retry repeat a
+//! write: then a failed login may count twice, or a registration that did succeed answers
+//! "already registered"; nothing is ever half-applied.
 //!
 //! Emails compare in any ASCII case, exactly as SQLite's `NOCASE` does: the column is
 //! `COLLATE "C"`, under which PostgreSQL's `lower()` folds only ASCII, and the unique index is
