@@ -462,3 +462,37 @@ fn regression_a_non_ascii_request_head_is_a_json_400() {
         );
     }
 }
+
+/// Raw requests: tiny_http answered an `Expect` it does not know with a 417 that declared a
+/// body and sent none (and, like its other own answers, not JSON).
+#[test]
+fn regression_an_unknown_expectation_is_a_json_417() {
+    let server = TestServer::start();
+    let request =
+        b"POST /users HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 5\r\n\r\nemail";
+    let response = raw_request(LOCALHOST, server.addr, request);
+    assert_eq!(raw_status(&response), 417, "{response:?}");
+    assert!(
+        response.contains("Content-Type: application/json"),
+        "{response:?}"
+    );
+    assert!(
+        response.ends_with(r#"{"message":"expectation failed"}"#),
+        "{response:?}"
+    );
+}
+
+/// The cookie fuzz target: a quoted value is returned as it stands between the quotes, white
+/// space and all (RFC 6265 allows neither inside a cookie value, so it matches no session);
+/// outside quotes a value is trimmed.
+#[test]
+fn regression_a_quoted_cookie_value_is_kept_as_quoted() {
+    assert_eq!(
+        cookie_value("ae1; session_id=\"xy\x0c\" ; b=2", "session_id"),
+        Some("xy\x0c")
+    );
+    assert_eq!(
+        cookie_value("session_id= xy\x0c ; b=2", "session_id"),
+        Some("xy")
+    );
+}
