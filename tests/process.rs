@@ -309,6 +309,8 @@ fn variables_configure_and_flags_beat_them() {
 
 #[test]
 fn a_database_from_a_newer_version_is_refused_and_kept() {
+    // SQLite's file on either run, on purpose (safe_args passes the path itself, and the
+    // version is PRAGMA user_version); PostgreSQL's twin is in tests/multi_instance.rs.
     let dir = TempDir::new();
     let path = dir.path().join("auth.db");
     {
