@@ -440,6 +440,7 @@ impl Auth {
                 policy.max_login_failures.saturating_mul(ADDRESS_CAP_FACTOR),
             ),
         ];
+        let mut pair_has_failures = false;
         for (scope, limit) in limits {
             if let Some((failures, window_ends)) = self.db.login_failures(scope, now)? {
                 if failures >= limit {
@@ -447,11 +448,17 @@ impl Auth {
                     let retry_after = (window_ends - now).max(1) as u64;
                     return Err(AuthError::Throttled { retry_after });
                 }
+                pair_has_failures |= scope == &pair;
             }
         }
         match self.check_password(email, password)? {
             Some(user) => {
-                self.db.clear_login_failures(&pair)?;
+                // Only when there is something to clear: a delete is a commit, and a commit
+                // is a disk flush that most logins need not wait for. A closed window left
+                // behind is harmless: the next failure starts a new one.
+                if pair_has_failures {
+                    self.db.clear_login_failures(&pair)?;
+                }
                 let session_id = self.start_session(user.id)?;
                 self.shared.metrics.login(LoginOutcome::Ok);
                 Ok(session_id)
