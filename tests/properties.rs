@@ -496,3 +496,22 @@ fn regression_a_quoted_cookie_value_is_kept_as_quoted() {
         Some("xy")
     );
 }
+
+/// The http fuzz target: `GET / HTTP/0.9` was served with the status line `HTTP/0.9 200 OK`
+/// (and a malformed 0.9 request with `HTTP/0.9 400`); HTTP/0.9 has neither version tokens nor
+/// status lines. Now a JSON 400 with an HTTP/1.1 status line.
+#[test]
+fn regression_an_http_0_9_request_line_is_a_400() {
+    let server = TestServer::start();
+    for request in [
+        &b"GET / HTTP/0.9\r\nHost: x\r\n\r\n"[..],
+        b"POST /sessions HTTP/0.9\r\n\0\0\0 x\r\n\r\n",
+    ] {
+        let response = raw_request(LOCALHOST, server.addr, request);
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response:?}");
+        assert!(
+            response.ends_with(r#"{"message":"bad request"}"#),
+            "{response:?}"
+        );
+    }
+}

@@ -291,8 +291,9 @@ fn error_response(code: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>
 
 /// Parses a "HTTP/1.1" string.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
+    // auth-service: no "HTTP/0.9": a request line with a version token is at least HTTP/1.0
+    // (HTTP/0.9 had none), and the answer's status line would have claimed "HTTP/0.9 200 OK".
     let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
         "HTTP/1.0" => (1, 0),
         "HTTP/1.1" => (1, 1),
         "HTTP/2.0" => (2, 0),
