@@ -278,9 +278,26 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: 
         config,
     };
     loop {
-        match stopper.0.http.recv() {
+        // Waiting for work is when the access log goes out: while requests keep coming, their
+        // lines gather into one write. try_recv can swallow the wake-up that stop() queues for
+        // this worker, so an empty queue is also where a stopping worker leaves.
+        let next = match stopper.0.http.try_recv() {
+            Ok(Some(request)) => Ok(request),
+            Ok(None) => {
+                access_log::flush();
+                if stopper.stopping() {
+                    return;
+                }
+                stopper.0.http.recv()
+            }
+            Err(e) => Err(e),
+        };
+        match next {
             Ok(request) => serve(&ctx, handler, request, lane),
-            Err(_) if stopper.stopping() => return,
+            Err(_) if stopper.stopping() => {
+                access_log::flush();
+                return;
+            }
             Err(e) => {
                 // tiny_http's accept loop has died; no request will come again. Stop the whole
                 // server so the process exits non-zero rather than idling forever.
@@ -303,7 +320,10 @@ fn slow_lane(auth: Auth, config: &Config, handler: Handler, jobs: &Mutex<Receive
     loop {
         let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
         match job {
-            Ok(job) => answer(&ctx, handler, job),
+            Ok(job) => {
+                answer(&ctx, handler, job);
+                access_log::flush();
+            }
             Err(_) => return,
         }
     }
@@ -406,19 +426,65 @@ fn answer(ctx: &Context<'_>, handler: Handler, job: Job) {
 fn respond(ctx: &Context<'_>, job: Job, reply: Reply) {
     let status = reply.status;
     let path = printable(&job.path);
+    let failed = reply.log.is_some();
     if let Some(cause) = &reply.log {
-        eprintln!("error: {} {path} {status}: {cause}", job.method);
+        access_log::line(format_args!(
+            "error: {} {path} {status}: {cause}\n",
+            job.method
+        ));
     }
-    let _ = job.request.respond(to_response(reply));
+    let _ = write_response(job.request, &reply, job.body.is_ok());
     ctx.auth
         .shared()
         .metrics
         .request_finished(&job.path, status);
-    eprintln!(
-        "{} {path} {status} {:.1}ms",
+    access_log::line(format_args!(
+        "{} {path} {status} {:.1}ms\n",
         job.method,
         job.started.elapsed().as_secs_f64() * 1000.0
-    );
+    ));
+    if failed {
+        access_log::flush();
+    }
+}
+
+/// The access log: each thread gathers whole lines and writes them to stderr in one call,
+/// when it is about to wait for work or has gathered a few KiB. Under load that is one
+/// `write` for dozens of lines, where `eprintln!` made one for each piece of each line; with
+/// no queue, each line still goes out as soon as its response has.
+mod access_log {
+    use std::cell::RefCell;
+    use std::fmt;
+    use std::io::Write;
+
+    /// Below PIPE_BUF (4 KiB), so that one write of whole lines to a pipe is atomic and lines
+    /// of different threads never interleave.
+    const FLUSH_AT: usize = 3 * 1024;
+
+    thread_local! {
+        static LINES: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4 * 1024));
+    }
+
+    /// Adds a line (ending in a newline), writing the gathered ones when there are enough.
+    pub fn line(line: fmt::Arguments<'_>) {
+        let full = LINES.with_borrow_mut(|lines| {
+            let _ = lines.write_fmt(line);
+            lines.len() >= FLUSH_AT
+        });
+        if full {
+            flush();
+        }
+    }
+
+    /// Writes this thread's gathered lines.
+    pub fn flush() {
+        LINES.with_borrow_mut(|lines| {
+            if !lines.is_empty() {
+                let _ = std::io::stderr().write_all(lines);
+                lines.clear();
+            }
+        });
+    }
 }
 
 enum BodyError {
@@ -432,6 +498,16 @@ fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, 
     let declared = request.body_length();
     if declared.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge);
+    }
+    // Neither a length nor chunked: no body (RFC 9112 6.3), so nothing to read. Most requests.
+    let chunked = || {
+        request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Transfer-Encoding"))
+    };
+    if declared == Some(0) || (declared.is_none() && !chunked()) {
+        return Ok(Vec::new());
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     let deadline = Instant::now() + BODY_DEADLINE;
@@ -454,26 +530,133 @@ fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, 
     Ok(body)
 }
 
-fn to_response(reply: Reply) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_string(reply.body)
-        .with_status_code(reply.status)
-        .with_header(header("Content-Type", reply.content_type))
+/// Writes `reply` as one HTTP response, head and body in a single buffer and a single write.
+/// (tiny_http's own `Response` writes each header through a locked writer piece by piece,
+/// which cost more than all of `GET /`'s handling.) The connection's framing stays tiny_http's:
+/// it has already decided from the request whether the connection stays open.
+fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -> io::Result<()> {
+    use std::io::Write;
+
+    let common = [
+        ("Content-Type", reply.content_type),
         // Nothing here may be cached by a browser or a proxy: profiles, tokens, cookies.
-        .with_header(header("Cache-Control", "no-store"))
-        .with_header(header("X-Content-Type-Options", "nosniff"));
-    for (name, value) in &reply.headers {
-        response.add_header(header(name, value));
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+    ];
+    let headers = common
+        .into_iter()
+        .chain(
+            reply
+                .headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        )
+        // Values are built by this crate, never copied from a request; a line break would
+        // still end the header early, so it is refused here rather than trusted.
+        .filter(|(_, value)| !value.bytes().any(|b| b == b'\r' || b == b'\n'));
+
+    if !body_read {
+        // Part of the body is unread (a 413, say). tiny_http's `respond` writes before the
+        // request and its body reader are dropped, and that drop is what skips the unread
+        // rest; `into_writer` would drop the reader first, and so wait for the whole body.
+        let mut response =
+            tiny_http::Response::from_data(reply.body.as_bytes()).with_status_code(reply.status);
+        for (name, value) in headers {
+            if let Ok(header) = tiny_http::Header::from_bytes(name, value) {
+                response.add_header(header);
+            }
+        }
+        return request.respond(response);
     }
-    response
+
+    let version = request.http_version();
+    let status = tiny_http::StatusCode(reply.status);
+    let mut out = Vec::with_capacity(320 + reply.body.len());
+    let _ = write!(
+        out,
+        "HTTP/{}.{} {} {}\r\nDate: ",
+        version.0,
+        version.1,
+        status.0,
+        status.default_reason_phrase()
+    );
+    http_date::push_now(&mut out);
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", reply.body.len());
+    if request.method() != &tiny_http::Method::Head {
+        out.extend_from_slice(reply.body.as_bytes());
+    }
+    let mut writer = request.into_writer();
+    writer.write_all(&out)?;
+    writer.flush()
 }
 
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("header names and values built here are ASCII")
+/// The `Date` header's value (RFC 9110 5.6.7), formatted once a second per thread.
+mod http_date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static LAST: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+
+    /// Appends the current time as `Sun, 06 Nov 1994 08:49:37 GMT`.
+    pub fn push_now(out: &mut Vec<u8>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        LAST.with_borrow_mut(|(secs, text)| {
+            if *secs != now {
+                *secs = now;
+                *text = format(now);
+            }
+            out.extend_from_slice(text);
+        });
+    }
+
+    pub fn format(secs: u64) -> [u8; 29] {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        // Days to a civil date (Howard Hinnant's algorithm), from 1970-01-01, a Thursday.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let text = std::format!(
+            "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+            DAYS[(days % 7) as usize],
+            MONTHS[(month - 1) as usize],
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        );
+        let mut out = [b' '; 29];
+        let n = text.len().min(29);
+        out[..n].copy_from_slice(&text.as_bytes()[..n]);
+        out
+    }
 }
 
 /// The path for the log, with control characters escaped so a request cannot forge lines.
 fn printable(path: &str) -> String {
+    if !path.chars().any(char::is_control) {
+        return path.to_owned();
+    }
     path.chars()
         .flat_map(|c| {
             if c.is_control() {
@@ -483,4 +666,32 @@ fn printable(path: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        assert_eq!(
+            &http_date::format(784_111_777),
+            b"Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(&http_date::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &http_date::format(951_782_400),
+            b"Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            &http_date::format(4_102_444_799),
+            b"Thu, 31 Dec 2099 23:59:59 GMT"
+        );
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("/profile"), "/profile");
+        assert_eq!(printable("/a\nb"), "/a\\nb");
+    }
 }
