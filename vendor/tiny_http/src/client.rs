@@ -200,7 +200,9 @@ impl Iterator for ClientConnection {
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = error_response(400, "bad request");
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    response
+                        .raw_print(writer, spoken(ver), &[], false, None)
+                        .ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
@@ -218,7 +220,9 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = error_response(417, "expectation failed");
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    response
+                        .raw_print(writer, spoken(ver), &[], false, None)
+                        .ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
@@ -265,6 +269,16 @@ impl Iterator for ClientConnection {
             // returning the request
             return Some(rq);
         }
+    }
+}
+
+/// auth-service: the version to answer a request of version `ver` in, never one above 1.1
+/// (upstream answered a malformed HTTP/2.0 request with "HTTP/2.0 400 Bad Request").
+fn spoken(ver: HTTPVersion) -> HTTPVersion {
+    if ver > (1, 1) {
+        HTTPVersion(1, 1)
+    } else {
+        ver
     }
 }
 
