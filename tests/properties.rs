@@ -526,3 +526,24 @@ fn regression_an_http_0_9_request_line_is_a_400() {
         );
     }
 }
+
+/// The http fuzz target: an HTTP/1.0 request with `Expect: 100-continue` got an interim
+/// `HTTP/1.0 100 Continue`, which HTTP/1.0 does not have; its expectations are ignored now, and
+/// an HTTP/1.1 client still gets its 100 Continue.
+#[test]
+fn regression_http_1_0_expectations_are_ignored() {
+    let server = TestServer::start();
+    let request = "POST /users HTTP/1.0\r\nConnection: close\r\nExpect: 100-continue\r\n\
+         Content-Length: 5\r\n\r\nemail";
+    let response = raw_request(LOCALHOST, server.addr, request.as_bytes());
+    assert!(response.starts_with("HTTP/1.0 400 "), "{response:?}");
+    assert!(!response.contains("100 Continue"), "{response:?}");
+
+    let request = request.replace("HTTP/1.0", "HTTP/1.1");
+    let response = raw_request(LOCALHOST, server.addr, request.as_bytes());
+    assert!(
+        response.starts_with("HTTP/1.1 100 Continue"),
+        "{response:?}"
+    );
+    assert!(response.contains("HTTP/1.1 400 "), "{response:?}");
+}

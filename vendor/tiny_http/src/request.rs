@@ -166,6 +166,9 @@ where
             .map(|h| h.value.as_str())
         {
             None => false,
+            // auth-service: an HTTP/1.0 client knows no 100 Continue, and a server must ignore
+            // its expectations (RFC 9110, 10.1.1); upstream sent it "HTTP/1.0 100 Continue".
+            Some(_) if version < (1, 1) => false,
             Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
             _ => return Err(RequestCreationError::ExpectationFailed),
         }
