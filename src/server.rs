@@ -569,14 +569,14 @@ fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -
         return request.respond(response);
     }
 
+    // tiny_http answers requests above HTTP/1.1 itself (505); never claim more than 1.1 anyway.
     let version = request.http_version();
+    let (major, minor) = std::cmp::min((version.0, version.1), (1, 1));
     let status = tiny_http::StatusCode(reply.status);
     let mut out = Vec::with_capacity(320 + reply.body.len());
     let _ = write!(
         out,
-        "HTTP/{}.{} {} {}\r\nDate: ",
-        version.0,
-        version.1,
+        "HTTP/{major}.{minor} {} {}\r\nDate: ",
         status.0,
         status.default_reason_phrase()
     );
