@@ -547,3 +547,49 @@ fn regression_http_1_0_expectations_are_ignored() {
     );
     assert!(response.contains("HTTP/1.1 400 "), "{response:?}");
 }
+
+/// The http fuzz target (after every other finding was fixed): pipelined logins and
+/// registrations could wedge the slow lane for good. A connection's next request reached a
+/// worker before the previous one was answered, so the lane could take a later request before
+/// an earlier one still in its queue; the later response waited forever for the earlier one's,
+/// and with every lane thread stuck so, no registration or login was ever answered again. Now
+/// each connection hands over its next request only once the last is answered.
+#[test]
+fn regression_pipelined_slow_lane_requests_cannot_wedge_the_lane() {
+    let server = TestServer::start();
+    let one = b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nemail";
+    let pipelined = one.repeat(30);
+    let connections: Vec<_> = (0..10)
+        .map(|_| {
+            let to = server.addr;
+            let request = pipelined.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(to).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                stream.write_all(&request).unwrap();
+                stream.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut response = String::new();
+                let _ = stream.read_to_string(&mut response);
+                response.matches("HTTP/1.1 400 ").count()
+            })
+        })
+        .collect();
+    for connection in connections {
+        assert_eq!(
+            connection.join().unwrap(),
+            30,
+            "every pipelined request is answered"
+        );
+    }
+    let r = server.post(
+        "/users",
+        &[("email", "after@example.com"), ("password", "p")],
+    );
+    assert_eq!(
+        r.status, 200,
+        "registrations are still answered: {}",
+        r.text
+    );
+}

@@ -322,16 +322,18 @@ impl Server {
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
+                                // auth-service: every connection, not only an HTTPS one, hands
+                                // over its next request only once the last one is answered.
+                                // Pipelined requests otherwise reach the workers all at once,
+                                // and auth-service's slow lane could take a later one before
+                                // an earlier one still queued: the later response then waits
+                                // forever for the earlier one's (responses go out in order),
+                                // and once every lane thread is so stuck no login is answered.
+                                let (sender, receiver) = mpsc::channel();
+                                for rq in client {
+                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    if receiver.recv().is_err() {
+                                        break;
                                     }
                                 }
                             }
