@@ -82,6 +82,14 @@ impl Sqlite {
     /// several processes starting at once apply each step exactly once.
     fn migrate(&mut self) -> Result<(), DbError> {
         let supported = MIGRATIONS.len() as i64;
+        // A current database is only read: no write lock, no commit, no disk flush for each of
+        // the connections the server opens at start.
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current == supported {
+            return Ok(());
+        }
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

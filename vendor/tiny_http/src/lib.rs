@@ -329,12 +329,20 @@ impl Server {
                                 // an earlier one still queued: the later response then waits
                                 // forever for the earlier one's (responses go out in order),
                                 // and once every lane thread is so stuck no login is answered.
+                                // The wait happens only once the next request has arrived,
+                                // so a client that waits for each answer never pays for it.
                                 let (sender, receiver) = mpsc::channel();
+                                let mut answering = false;
                                 for rq in client {
-                                    messages.push(rq.with_notify_sender(sender.clone()).into());
-                                    if receiver.recv().is_err() {
+                                    if answering && receiver.recv().is_err() {
                                         break;
                                     }
+                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    answering = true;
+                                }
+                                // The receiver must outlive the last answer: its sender unwraps.
+                                if answering {
+                                    let _ = receiver.recv();
                                 }
                             }
                         }));
