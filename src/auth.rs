@@ -3,15 +3,15 @@
 //! how much bcrypt work runs at once.
 //!
 //! Each worker owns an `Auth` (and through it a [`Db`] connection); what must be common to all
-//! workers (policy, bcrypt gate, metrics) lives in [`Shared`] behind an `Arc`. bcrypt never
-//! runs inside a database transaction or under a mutex: only a counting gate bounds it.
+//! workers (policy, metrics) lives in [`Shared`] behind an `Arc`. bcrypt never runs inside a
+//! database transaction or under a lock; the server bounds how much of it runs at once.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -52,8 +52,6 @@ impl Default for Policy {
 const ADDRESS_CAP_FACTOR: u32 = 10;
 /// A reset command that has not finished after this long is killed.
 const RESET_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request waits for a bcrypt slot before it is shed with 503.
-const BCRYPT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything that can go wrong in `Auth`. Messages are lowercase and carry no secret.
 #[derive(Debug)]
@@ -146,15 +144,11 @@ pub struct Shared {
     /// A hash that matches nothing, verified for unknown emails so they cost what a wrong
     /// password costs and the time of a login does not tell whether an address is registered.
     dummy_hash: String,
-    gate: Gate,
     failures_since_prune: AtomicU64,
 }
 
 impl Shared {
-    /// `bcrypt_slots` bounds the verifications and hashes running at once (the core count is
-    /// right: more only slows each one); `bcrypt_queue` bounds the requests waiting for a slot,
-    /// beyond which a request is answered 503 at once instead of tying up a worker.
-    pub fn new(policy: Policy, bcrypt_slots: usize, bcrypt_queue: usize) -> Shared {
+    pub fn new(policy: Policy) -> Shared {
         // A cost-4 hash relabelled with the real cost: a well-formed hash whose verification
         // runs the full cost, made in a millisecond instead of a quarter second at start.
         let cheap = bcrypt::hash("auth-service dummy password", 4).expect("bcrypt at cost 4");
@@ -163,7 +157,6 @@ impl Shared {
             policy,
             metrics: Metrics::default(),
             dummy_hash,
-            gate: Gate::new(bcrypt_slots.max(1), bcrypt_queue),
             failures_since_prune: AtomicU64::new(0),
         }
     }
@@ -200,7 +193,6 @@ impl Auth {
 
     /// A salted bcrypt hash of `password` at the configured cost.
     pub fn hash_password(&self, password: &Password) -> Result<String, AuthError> {
-        let _slot = self.shared.gate.enter()?;
         Ok(bcrypt::hash(password.as_str(), self.policy().bcrypt_cost)?)
     }
 
@@ -244,7 +236,6 @@ impl Auth {
             .as_ref()
             .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
         let matched = {
-            let _slot = self.shared.gate.enter()?;
             let started = Instant::now();
             let matched = bcrypt::verify(password.as_str(), hash)?;
             self.shared.metrics.bcrypt_verified(started.elapsed());
@@ -542,72 +533,5 @@ fn run_reset_command(command: &PathBuf, email: &Email, token: &str) -> Result<()
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(AuthError::Delivery(format!("could not wait for it: {e}"))),
         }
-    }
-}
-
-/// A counting semaphore for bcrypt work with a bounded queue.
-struct Gate {
-    state: Mutex<GateState>,
-    freed: Condvar,
-    slots: usize,
-    queue: usize,
-}
-
-struct GateState {
-    running: usize,
-    waiting: usize,
-}
-
-struct Slot<'a>(&'a Gate);
-
-impl Gate {
-    fn new(slots: usize, queue: usize) -> Gate {
-        Gate {
-            state: Mutex::new(GateState {
-                running: 0,
-                waiting: 0,
-            }),
-            freed: Condvar::new(),
-            slots,
-            queue,
-        }
-    }
-
-    /// A slot to run bcrypt in, or [`AuthError::Busy`] when the queue is full or the wait too
-    /// long. The mutex is held only to count, never during the work.
-    fn enter(&self) -> Result<Slot<'_>, AuthError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.running < self.slots {
-            state.running += 1;
-            return Ok(Slot(self));
-        }
-        if state.waiting >= self.queue {
-            return Err(AuthError::Busy);
-        }
-        state.waiting += 1;
-        let deadline = Instant::now() + BCRYPT_QUEUE_TIMEOUT;
-        while state.running >= self.slots {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.waiting -= 1;
-                return Err(AuthError::Busy);
-            }
-            state = self
-                .freed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        state.waiting -= 1;
-        state.running += 1;
-        Ok(Slot(self))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.running -= 1;
-        self.0.freed.notify_one();
     }
 }

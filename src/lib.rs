@@ -19,7 +19,7 @@
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let db = Db::open(&dir.join("auth.db")).unwrap();
 //! let policy = Policy { bcrypt_cost: 4, ..Policy::default() };
-//! let auth = Auth::new(db, Arc::new(Shared::new(policy, 1, 1)));
+//! let auth = Auth::new(db, Arc::new(Shared::new(policy)));
 //!
 //! let email = Email::parse("bob@example.com").unwrap();
 //! let password = Password::parse("correct horse").unwrap();

@@ -120,11 +120,7 @@ impl Server {
 
     /// [`Server::start`] with another handler (tests use one that panics).
     pub fn start_with(config: Config, handler: Handler) -> Result<Server, ServerError> {
-        let shared = Arc::new(Shared::new(
-            config.policy.clone(),
-            config::cores(),
-            config::cores(),
-        ));
+        let shared = Arc::new(Shared::new(config.policy.clone()));
         // One connection per worker and per slow-lane thread, opened before binding, so a bad
         // path or a too-new schema fails the start; the first open also runs the migrations.
         let lane_threads = config::cores();

@@ -25,7 +25,7 @@ fn auth() -> (Auth, TempDir) {
         bcrypt_cost: 4,
         ..Default::default()
     };
-    (Auth::new(db, Arc::new(Shared::new(policy, 1, 1))), dir)
+    (Auth::new(db, Arc::new(Shared::new(policy))), dir)
 }
 
 fn email(s: &str) -> Email {

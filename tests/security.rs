@@ -596,7 +596,7 @@ fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
     };
     let auth = Auth::new(
         Db::open(&test_db(&dir.path().join("auth.db"))).unwrap(),
-        Arc::new(Shared::new(policy, 1, 1)),
+        Arc::new(Shared::new(policy)),
     );
     let known = Email::parse("known@example.com").unwrap();
     let unknown = Email::parse("unknown@example.com").unwrap();
@@ -621,18 +621,14 @@ fn the_dummy_hash_is_well_formed_at_the_configured_cost() {
             bcrypt_cost: cost,
             ..Policy::default()
         };
-        let shared = Shared::new(policy, 1, 1);
+        let shared = Shared::new(policy);
         assert_eq!(cost_of(shared.dummy_hash()), cost);
     }
     // A real hash that matches nothing: verifying it runs bcrypt, and fails.
-    let shared = Shared::new(
-        Policy {
-            bcrypt_cost: 5,
-            ..Policy::default()
-        },
-        1,
-        1,
-    );
+    let shared = Shared::new(Policy {
+        bcrypt_cost: 5,
+        ..Policy::default()
+    });
     for password in ["", "auth-service dummy password", "password"] {
         assert!(!bcrypt::verify(password, shared.dummy_hash()).unwrap());
     }

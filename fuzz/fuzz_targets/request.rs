@@ -24,7 +24,7 @@ thread_local! {
         let mut config = Config { metrics: true, trust_proxy: true, ..Config::default() };
         config.policy = Policy { bcrypt_cost: 4, ..Policy::default() };
         let db = Db::open(Path::new(":memory:")).expect("an in-memory store");
-        let auth = Auth::new(db, Arc::new(Shared::new(config.policy.clone(), 1, 1)));
+        let auth = Auth::new(db, Arc::new(Shared::new(config.policy.clone())));
         (auth, config)
     };
 }
