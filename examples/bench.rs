@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example bench                     # everything; also target/bench.json
 //! cargo run --release --example bench -- --only requests  # one section
+//! cargo run --release --features postgres --example bench   # and the PostgreSQL column
 //! ```
 //!
 //! It builds `target/release/auth-service` (with `cargo build --release --bin auth-service`),
@@ -18,22 +19,32 @@
 //!    (cores divided by the time of one verification, timed here);
 //! 4. measures `GET /profile` latency while 32 clients flood `POST /sessions`;
 //! 5. reads the server's peak RSS holding 256 connections, the stripped binary's size, and the
-//!    time from spawn to the "listening" line on the 1,000,000-user database.
+//!    time from spawn to the "listening" line on the 1,000,000-user database;
+//! 6. built with `--features postgres`: `GET /profile` and logins with the state in PostgreSQL,
+//!    on one instance and on two sharing the database, beside SQLite (`bench/postgres.rs`).
 //!
-//! Rates that are compared (1 and 2) are measured in interleaved rounds, the best round of
+//! Request loads also report the CPU time each process spent per answer (from `/proc`): the
+//! server, the load generator and, in 6, PostgreSQL. They share the cores, so these say where
+//! the time goes when the rates alone cannot.
+//!
+//! Rates that are compared (in 1, 2 and 6) are measured in interleaved rounds, the best round of
 //! each kept, so that another process busy for a while skews neither side.
 //!
 //! Flags: `--secs N` (measured seconds of each load, default 3, after 1 s of warm-up),
 //! `--rounds N` (default 3), `--connections N` (default 16), `--users N` (the large database,
 //! default 1,000,000), `--workers N` (both servers; default the service's own), `--out PATH`
-//! (default `target/bench.json`), `--only requests,large,logins,memory`, `--binary PATH` (another
-//! build of the service, to compare builds), `--no-build`.
+//! (default `target/bench.json`), `--only requests,large,logins,memory,postgres`, `--binary PATH`
+//! (another build of the service, to compare builds), `--no-build`, `--postgres URL` (a server
+//! for 6, whose user may create databases; by default 6 starts a throwaway cluster).
 //!
 //! Everything binds 127.0.0.1 and every load stops by itself. Run it on a quiet machine: the
 //! servers and the load generator share the same cores.
 
 #[path = "bench/client.rs"]
 mod client;
+#[cfg(feature = "postgres")]
+#[path = "bench/postgres.rs"]
+mod postgres_column;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -65,8 +76,10 @@ struct Options {
     build: bool,
     /// Another auth-service binary to measure (comparing builds).
     binary: Option<PathBuf>,
-    /// Only these sections (`requests`, `large`, `logins`, `memory`).
+    /// Only these sections (`requests`, `large`, `logins`, `memory`, `postgres`).
     only: Option<Vec<String>>,
+    /// A PostgreSQL server for the `postgres` section, instead of a throwaway cluster.
+    postgres: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +119,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         build: true,
         binary: None,
         only: None,
+        postgres: None,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -125,6 +139,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--no-build" => options.build = false,
             "--binary" => options.binary = Some(PathBuf::from(value()?)),
             "--only" => options.only = Some(value()?.split(',').map(str::to_owned).collect()),
+            "--postgres" => options.postgres = Some(value()?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -187,18 +202,27 @@ fn run(o: &Options) -> Fallible<()> {
             ""
         }
     );
-    let sections: [(&str, Section); 4] = [
-        ("requests", requests),
-        ("large", large),
-        ("logins", logins),
-        ("memory", memory),
+    let sections: [(&str, Option<Section>); 5] = [
+        ("requests", Some(requests)),
+        ("large", Some(large)),
+        ("logins", Some(logins)),
+        ("memory", Some(memory)),
+        #[cfg(feature = "postgres")]
+        ("postgres", Some(postgres_column::postgres)),
+        #[cfg(not(feature = "postgres"))]
+        ("postgres", None),
     ];
+    let chosen = |name: &str| o.only.as_ref().map(|only| only.iter().any(|s| s == name));
     for (name, section) in sections {
-        if o.only
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|s| s == name))
-        {
-            section(&mut run)?;
+        match (section, chosen(name)) {
+            (Some(section), None | Some(true)) => section(&mut run)?,
+            (None, Some(true)) => {
+                return Err(format!(
+                    "the {name} section needs the bench built with --features {name}"
+                )
+                .into())
+            }
+            _ => {}
         }
     }
 
@@ -234,40 +258,50 @@ fn requests(run: &mut Run) -> Fallible<()> {
         Server::spawn(Command::new(&exe).args(["--bare-server", &workers, "one-write"]))?;
     let service = run.service(&run.small_db()?, 10)?;
     let sessions = log_in_users(service.addr, &user_indices(10))?;
-    let get = |addr, requests| Load::new(addr, o.connections, run.measure(), requests);
+    let get = |server: &Server, requests| Load {
+        cpu_of: vec![
+            ("server", Processes::Pids(vec![server.pid()])),
+            ("load generator", Processes::Myself),
+        ],
+        ..Load::new(server.addr, o.connections, run.measure(), requests)
+    };
     let root_request = || vec![client::get("/", None)];
     let loads = [
-        (
-            "bare tiny_http, GET /",
-            get(bare_server.addr, root_request()),
-        ),
+        ("bare tiny_http, GET /", get(&bare_server, root_request())),
         (
             "bare tiny_http writing once, GET /",
-            get(one_write_server.addr, root_request()),
+            get(&one_write_server, root_request()),
         ),
-        ("auth-service, GET /", get(service.addr, root_request())),
+        ("auth-service, GET /", get(&service, root_request())),
         (
             "auth-service, GET /profile on 10 users",
-            get(service.addr, profile_requests(&sessions)),
+            get(&service, profile_requests(&sessions)),
         ),
     ];
     let [bare, one_write, root, profile] = best_of(o.rounds, loads);
 
-    run.rows.push(Row::load(
-        format!("GET /  bare tiny_http, {} workers", o.workers),
-        &bare,
-    ));
+    run.rows.push(
+        Row::load(
+            format!("GET /  bare tiny_http, {} workers", o.workers),
+            &bare,
+        )
+        .note(cpu_note(&bare)),
+    );
     run.rows.push(
         Row::load(
             "GET /  bare tiny_http, one write per response".into(),
             &one_write,
         )
         .versus(one_write.rps / bare.rps, "÷ bare")
-        .note("for reference: the fastest a tiny_http server answers".into()),
+        .note("for reference: the fastest a tiny_http server answers".into())
+        .note(cpu_note(&one_write)),
     );
     let ratio = root.rps / bare.rps;
-    run.rows
-        .push(Row::load("GET /".into(), &root).ratio(ratio, "÷ bare", 0.95, true));
+    run.rows.push(
+        Row::load("GET /".into(), &root)
+            .ratio(ratio, "÷ bare", 0.95, true)
+            .note(cpu_note(&root)),
+    );
     run.report.insert(
         "get_root".into(),
         json!({ "bare": bare.json(), "bare_one_write": one_write.json(), "service": root.json(),
@@ -275,7 +309,9 @@ fn requests(run: &mut Run) -> Fallible<()> {
     );
     let ratio = profile.rps / bare.rps;
     run.rows.push(
-        Row::load("GET /profile, 10 users".into(), &profile).ratio(ratio, "÷ bare", 0.90, true),
+        Row::load("GET /profile, 10 users".into(), &profile)
+            .ratio(ratio, "÷ bare", 0.90, true)
+            .note(cpu_note(&profile)),
     );
     run.report.insert(
         "get_profile".into(),
@@ -486,17 +522,24 @@ fn memory(run: &mut Run) -> Fallible<()> {
 // ---------------------------------------------------------------------------------------------
 // The servers.
 
+/// `cargo build --release --bin auth-service` with `extra` arguments.
+fn cargo_build(extra: &[&str]) -> Fallible<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "auth-service"])
+        .args(extra)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()?;
+    if !status.success() {
+        return Err(format!("cargo build --release --bin auth-service {extra:?} failed").into());
+    }
+    Ok(())
+}
+
 /// `target/release/auth-service`, built first unless `--no-build`.
 fn service_binary(build: bool) -> Fallible<PathBuf> {
     if build {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "auth-service"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()?;
-        if !status.success() {
-            return Err("cargo build --release --bin auth-service failed".into());
-        }
+        cargo_build(&[])?;
     }
     // This example runs from target/release/examples/; the binary sits one folder up.
     let exe = std::env::current_exe()?;
@@ -707,7 +750,8 @@ impl Drop for Scratch {
 /// `requests[i % len]` back to back (or every `pace`) for `warmup + measure`; only what is
 /// sent after the warm-up counts.
 struct Load {
-    addr: SocketAddr,
+    /// Connection `i` goes to `addrs[i % len]`: two instances share the load evenly.
+    addrs: Vec<SocketAddr>,
     connections: usize,
     warmup: Duration,
     measure: Duration,
@@ -715,6 +759,8 @@ struct Load {
     pace: Option<Duration>,
     /// Wait a second after a 503, as its `Retry-After: 1` asks.
     backoff: bool,
+    /// Processes whose CPU time over the measured window the result reports.
+    cpu_of: Vec<(&'static str, Processes)>,
 }
 
 impl Load {
@@ -725,13 +771,14 @@ impl Load {
         requests: Vec<Vec<u8>>,
     ) -> Load {
         Load {
-            addr,
+            addrs: vec![addr],
             connections,
             warmup: WARMUP,
             measure,
             requests,
             pace: None,
             backoff: false,
+            cpu_of: Vec::new(),
         }
     }
 }
@@ -747,9 +794,18 @@ struct LoadResult {
     p99_ms: f64,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
+    /// CPU seconds each watched group of processes used in the measured window.
+    cpu: Vec<(&'static str, f64)>,
 }
 
 impl LoadResult {
+    /// Microseconds of CPU the group `name` spent per answer.
+    fn cpu_us_per_answer(&self, name: &str) -> Option<f64> {
+        let answers = self.rps * self.secs;
+        let (_, secs) = self.cpu.iter().find(|(n, _)| *n == name)?;
+        (answers > 0.0).then(|| secs / answers * 1e6)
+    }
+
     fn status_rps(&self, status: u16) -> f64 {
         self.statuses.get(&status).copied().unwrap_or(0) as f64 / self.secs
     }
@@ -760,6 +816,7 @@ impl LoadResult {
             "ok_per_s": self.ok_rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
             "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "errors": self.errors,
+            "cpu_us_per_answer": self.cpu.iter().map(|(n, _)| (n.to_string(), json!(self.cpu_us_per_answer(n)))).collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -768,13 +825,23 @@ fn load(spec: &Load) -> LoadResult {
     let start = Instant::now() + Duration::from_millis(50);
     let from = start + spec.warmup;
     let until = from + spec.measure;
-    let per_thread: Vec<(Vec<u64>, BTreeMap<u16, u64>, u64)> = thread::scope(|s| {
+    let (per_thread, cpu) = thread::scope(|s| {
+        let cpu = s.spawn(|| {
+            thread::sleep(from.saturating_duration_since(Instant::now()));
+            let before: Vec<_> = spec.cpu_of.iter().map(|(_, p)| p.cpu_ticks()).collect();
+            thread::sleep(until.saturating_duration_since(Instant::now()));
+            spec.cpu_of
+                .iter()
+                .zip(before)
+                .map(|((name, p), before)| (*name, ticks_between(&before, &p.cpu_ticks())))
+                .collect::<Vec<_>>()
+        });
         let handles: Vec<_> = (0..spec.connections)
             .map(|i| {
                 let request = &spec.requests[i % spec.requests.len()];
                 s.spawn(move || {
                     drive(
-                        spec.addr,
+                        spec.addrs[i % spec.addrs.len()],
                         request,
                         (start, from, until),
                         spec.pace,
@@ -783,10 +850,11 @@ fn load(spec: &Load) -> LoadResult {
                 })
             })
             .collect();
-        handles
+        let per_thread: Vec<(Vec<u64>, BTreeMap<u16, u64>, u64)> = handles
             .into_iter()
             .map(|h| h.join().expect("a load thread"))
-            .collect()
+            .collect();
+        (per_thread, cpu.join().expect("the CPU sampler"))
     });
     let mut latencies = Vec::new();
     let mut statuses = BTreeMap::new();
@@ -814,7 +882,86 @@ fn load(spec: &Load) -> LoadResult {
         p99_ms: quantile(0.99),
         statuses,
         errors,
+        cpu,
     }
+}
+
+/// "CPU per answer: server 45 µs, load generator 20 µs", from the processes a load watched.
+fn cpu_note(r: &LoadResult) -> String {
+    let parts: Vec<String> = r
+        .cpu
+        .iter()
+        .filter_map(|(name, _)| {
+            let us = r.cpu_us_per_answer(name)?;
+            Some(if us >= 1000.0 {
+                format!("{name} {:.1} ms", us / 1000.0)
+            } else {
+                format!("{name} {us:.0} µs")
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("CPU per answer: {}", parts.join(", "))
+}
+
+/// Processes to charge CPU time to.
+enum Processes {
+    /// These processes (auth-service instances).
+    Pids(Vec<u32>),
+    /// A process and its children: a PostgreSQL server's postmaster and its backends.
+    // Only the postgres section watches a server's tree.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Tree(u32),
+    /// The benchmark itself: the load generator.
+    Myself,
+}
+
+impl Processes {
+    /// CPU time (user + system) of each process, in clock ticks, read from `/proc`.
+    fn cpu_ticks(&self) -> BTreeMap<u32, u64> {
+        let pids = match self {
+            Processes::Pids(pids) => pids.clone(),
+            Processes::Myself => vec![std::process::id()],
+            Processes::Tree(root) => {
+                let mut pids = vec![*root];
+                for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let pid = entry.file_name().to_str().and_then(|n| n.parse().ok());
+                    if let Some(pid) = pid.filter(|&pid| stat(pid).is_some_and(|s| s.0 == *root)) {
+                        pids.push(pid);
+                    }
+                }
+                pids
+            }
+        };
+        pids.into_iter()
+            .filter_map(|pid| Some((pid, stat(pid)?.1)))
+            .collect()
+    }
+}
+
+/// A process's parent and its CPU time in clock ticks, from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: the fields start after its end.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((parent, user + system))
+}
+
+/// The CPU seconds spent between two readings (a process that appeared in between counts from
+/// zero; one that ended is lost).
+fn ticks_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
+    // /proc reports times in USER_HZ, which Linux fixes at 100 on x86 and ARM.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks as f64 / TICKS_PER_SECOND
 }
 
 /// One connection's loop: latencies in nanoseconds and statuses of the responses received
@@ -1051,6 +1198,9 @@ impl Row {
     }
 
     fn note(mut self, note: String) -> Row {
+        if note.is_empty() {
+            return self;
+        }
         if self.note.is_empty() {
             self.note = note;
         } else {
