@@ -833,7 +833,7 @@ fn load(spec: &Load) -> LoadResult {
             spec.cpu_of
                 .iter()
                 .zip(before)
-                .map(|((name, p), before)| (*name, ticks_between(&before, &p.cpu_ticks())))
+                .map(|((name, p), before)| (*name, cpu_seconds_between(&before, &p.cpu_ticks())))
                 .collect::<Vec<_>>()
         });
         let handles: Vec<_> = (0..spec.connections)
@@ -908,13 +908,14 @@ fn cpu_note(r: &LoadResult) -> String {
 
 /// Processes to charge CPU time to.
 enum Processes {
-    /// These processes (auth-service instances).
+    /// These processes (the servers).
     Pids(Vec<u32>),
     /// A process and its children: a PostgreSQL server's postmaster and its backends.
     // Only the postgres section watches a server's tree.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Tree(u32),
-    /// The benchmark itself: the load generator.
+    /// The benchmark itself: the load generator (with the threads that drain the servers'
+    /// access logs, as a journal would).
     Myself,
 }
 
@@ -954,7 +955,7 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
 
 /// The CPU seconds spent between two readings (a process that appeared in between counts from
 /// zero; one that ended is lost).
-fn ticks_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
+fn cpu_seconds_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
     // /proc reports times in USER_HZ, which Linux fixes at 100 on x86 and ARM.
     const TICKS_PER_SECOND: f64 = 100.0;
     let ticks: u64 = after

@@ -171,10 +171,8 @@ pub fn postgres(run: &mut Run) -> Fallible<()> {
                         "sqlite": l_sqlite.json(), "postgres_1": l_one.json(), "postgres_2": l_two.json() },
         }),
     );
-    // The servers end before their database is dropped, and that before the cluster stops.
-    drop((on_sqlite, first, second));
-    drop(database);
-    drop(cluster);
+    // Dropped in reverse order of declaration, here or at an early return: the servers end,
+    // then their database is dropped, then the cluster stops.
     Ok(())
 }
 
