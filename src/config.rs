@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::auth::Policy;
 
@@ -20,6 +21,12 @@ pub struct Config {
     pub secure_cookies: bool,
     pub trust_proxy: bool,
     pub metrics: bool,
+    /// Open connections at once; past it a new connection is closed at once.
+    pub max_connections: usize,
+    /// Time for a whole request head to arrive, from its first byte.
+    pub header_timeout: Duration,
+    /// Time in-flight requests get after SIGTERM before the process exits anyway.
+    pub shutdown_grace: Duration,
     pub policy: Policy,
 }
 
@@ -33,6 +40,9 @@ impl Default for Config {
             secure_cookies: false,
             trust_proxy: false,
             metrics: false,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
             policy: Policy::default(),
         }
     }
@@ -110,6 +120,9 @@ const FLAGS: &[Flag] = &[
     Flag { name: "login-window", value: Some("SECS"), default: "900", help: "the window those failures are counted in" },
     Flag { name: "min-password-length", value: Some("N"), default: "1", help: "shortest accepted new password, in characters" },
     Flag { name: "metrics", value: None, default: "off", help: "serve GET /metrics (Prometheus text format)" },
+    Flag { name: "max-connections", value: Some("N"), default: "1024", help: "open connections at once; past it a new one is closed at once" },
+    Flag { name: "header-timeout", value: Some("SECS"), default: "10", help: "time for a whole request head to arrive" },
+    Flag { name: "shutdown-grace", value: Some("SECS"), default: "10", help: "time in-flight requests get after SIGTERM" },
 ];
 
 /// The `--help` text.
@@ -238,6 +251,9 @@ impl Config {
             "secure-cookies" => self.secure_cookies = switch(value, from_args)?,
             "trust-proxy" => self.trust_proxy = switch(value, from_args)?,
             "metrics" => self.metrics = switch(value, from_args)?,
+            "max-connections" => self.max_connections = number(value, 1, 1_000_000)?,
+            "header-timeout" => self.header_timeout = Duration::from_secs(number(value, 1, 3600)?),
+            "shutdown-grace" => self.shutdown_grace = Duration::from_secs(number(value, 0, 3600)?),
             other => unreachable!("flag {other} is in FLAGS but not applied"),
         }
         Ok(())
@@ -314,6 +330,9 @@ mod tests {
         assert_eq!(c.policy.min_password_length, 1);
         assert!(!c.secure_cookies && !c.trust_proxy && !c.metrics);
         assert!(c.policy.reset_command.is_none());
+        assert_eq!(c.max_connections, 1024);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     }
 
     #[test]
