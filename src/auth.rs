@@ -34,17 +34,10 @@ pub struct Policy {
 }
 
 impl Default for Policy {
+    /// The defaults of the flags that set it: each is written once, in its row of
+    /// `config::FLAGS`.
     fn default() -> Policy {
-        Policy {
-            bcrypt_cost: bcrypt::DEFAULT_COST,
-            session_ttl: 86_400,
-            session_idle: 7_200,
-            reset_ttl: 3_600,
-            reset_command: None,
-            max_login_failures: 5,
-            login_window: 900,
-            min_password_length: 1,
-        }
+        crate::config::Config::default().policy
     }
 }
 

@@ -1,5 +1,10 @@
 //! `Config`: every flag, the environment variable behind it, its default and its check.
 //!
+//! Each flag is one row of `FLAGS`: its name, its value's name, its default, its meaning and
+//! the setter that checks a value and puts it in a `Config`. `Config::default()` is every
+//! row's default put through that row's setter, so the default `--help` shows is the one
+//! applied, and the README's table is checked against `--help` (tests/flags.rs).
+//!
 //! A flag beats its variable, which beats the default. Each flag `--some-name` reads the
 //! variable `AUTH_SOME_NAME`. Parsing is a pure function of the arguments and an environment
 //! lookup, so it is tested without touching the process's environment.
@@ -31,21 +36,59 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// Every flag's default, from its row in `FLAGS`.
     fn default() -> Config {
-        Config {
-            bind: SocketAddr::from(([127, 0, 0, 1], 5000)),
-            db: PathBuf::from("auth.db"),
-            workers: default_workers(),
-            max_body_bytes: 65_536,
-            secure_cookies: false,
-            trust_proxy: false,
-            metrics: false,
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(10),
-            policy: Policy::default(),
+        with_defaults(placeholder())
+    }
+}
+
+/// A `Config` whose every field some row of `FLAGS` overwrites; none of these values is
+/// ever seen (a test checks that).
+fn placeholder() -> Config {
+    Config {
+        bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        db: PathBuf::new(),
+        workers: 0,
+        max_body_bytes: 0,
+        secure_cookies: false,
+        trust_proxy: false,
+        metrics: false,
+        max_connections: 0,
+        header_timeout: Duration::ZERO,
+        shutdown_grace: Duration::ZERO,
+        // Not `Policy::default()`: that is built from here.
+        policy: Policy {
+            bcrypt_cost: 0,
+            session_ttl: 0,
+            session_idle: 0,
+            reset_ttl: 0,
+            reset_command: None,
+            max_login_failures: 0,
+            login_window: 0,
+            min_password_length: 0,
+        },
+    }
+}
+
+/// `config` with every row's default applied.
+fn with_defaults(mut config: Config) -> Config {
+    for flag in FLAGS {
+        let applied = match flag.default {
+            Initial::Text(text) => (flag.set)(&mut config, text),
+            Initial::Unset => (flag.set)(&mut config, ""),
+            Initial::Computed { set, .. } => {
+                set(&mut config);
+                Ok(())
+            }
+        };
+        if let Err(why) = applied {
+            panic!(
+                "the default of --{} is refused by its own setter: {why}",
+                flag.name
+            );
         }
     }
+    config
 }
 
 /// Request workers: enough that cheap requests find a free one while every core runs bcrypt.
@@ -94,35 +137,179 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// One flag: its name without dashes, its value's name (`None` for a switch), its default as
-/// shown, and what it means.
+/// One flag, written once: its name without dashes, its value's name (`None` for a switch),
+/// its default, what it means, and how a value sets the config.
 struct Flag {
     name: &'static str,
     value: Option<&'static str>,
-    default: &'static str,
+    default: Initial,
     help: &'static str,
+    /// Checks a value and stores it; the error says why the value is refused. A switch gets
+    /// `on` from the command line and its variable's text from the environment.
+    set: fn(&mut Config, &str) -> Result<(), String>,
 }
 
-#[rustfmt::skip]
+/// Where a flag's default comes from.
+enum Initial {
+    /// This text, put through the row's setter: what `--help` shows is what is applied.
+    Text(&'static str),
+    /// No value (shown as `none`): the setter gets the empty text, as from an empty variable.
+    Unset,
+    /// Worked out at start from the machine; `--help` shows the rule.
+    Computed {
+        rule: &'static str,
+        set: fn(&mut Config),
+    },
+}
+
+impl Initial {
+    /// The default as `--help` and the README show it.
+    fn shown(&self) -> &'static str {
+        match self {
+            Initial::Text(text) => text,
+            Initial::Unset => "none",
+            Initial::Computed { rule, .. } => rule,
+        }
+    }
+}
+
+/// The longest session, token or throttle window a flag accepts, in seconds.
+const MAX_SECS: i64 = u32::MAX as i64;
+
+/// Every flag, in the order `--help` and the README list them.
 const FLAGS: &[Flag] = &[
-    Flag { name: "bind", value: Some("ADDR"), default: "127.0.0.1:5000", help: "where to listen (port 0: any free port)" },
-    Flag { name: "db", value: Some("PATH"), default: "auth.db", help: "the SQLite file, created when missing, never wiped; or a postgres:// URL (feature postgres)" },
-    Flag { name: "bcrypt-cost", value: Some("N"), default: "12", help: "bcrypt work factor (4 to 31)" },
-    Flag { name: "workers", value: Some("N"), default: "4 per core, at least 8", help: "request worker threads" },
-    Flag { name: "max-body-bytes", value: Some("N"), default: "65536", help: "largest accepted request body" },
-    Flag { name: "session-ttl", value: Some("SECS"), default: "86400", help: "absolute session lifetime" },
-    Flag { name: "session-idle", value: Some("SECS"), default: "7200", help: "a session unused this long ends" },
-    Flag { name: "reset-ttl", value: Some("SECS"), default: "3600", help: "reset token lifetime" },
-    Flag { name: "reset-command", value: Some("PATH"), default: "none", help: "deliver reset tokens by running PATH with AUTH_EMAIL and AUTH_RESET_TOKEN" },
-    Flag { name: "secure-cookies", value: None, default: "off", help: "add Secure to the session cookie (serve behind TLS)" },
-    Flag { name: "trust-proxy", value: None, default: "off", help: "take the client address from the last X-Forwarded-For hop" },
-    Flag { name: "max-login-failures", value: Some("N"), default: "5", help: "failed logins per (client address, email) before 429" },
-    Flag { name: "login-window", value: Some("SECS"), default: "900", help: "the window those failures are counted in" },
-    Flag { name: "min-password-length", value: Some("N"), default: "1", help: "shortest accepted new password, in characters" },
-    Flag { name: "metrics", value: None, default: "off", help: "serve GET /metrics (Prometheus text format)" },
-    Flag { name: "max-connections", value: Some("N"), default: "1024", help: "open connections at once; past it a new one is closed at once" },
-    Flag { name: "header-timeout", value: Some("SECS"), default: "10", help: "time for a whole request head to arrive" },
-    Flag { name: "shutdown-grace", value: Some("SECS"), default: "10", help: "time in-flight requests get after SIGTERM" },
+    Flag {
+        name: "bind",
+        value: Some("ADDR"),
+        default: Initial::Text("127.0.0.1:5000"),
+        help: "where to listen (port 0: any free port)",
+        set: |c, v| parse_addr(v).map(|a| c.bind = a),
+    },
+    Flag {
+        name: "db",
+        value: Some("PATH"),
+        default: Initial::Text("auth.db"),
+        help: "the SQLite file, created when missing, never wiped; or a postgres:// URL (feature postgres)",
+        set: |c, v| parse_db(v).map(|p| c.db = p),
+    },
+    Flag {
+        name: "bcrypt-cost",
+        value: Some("N"),
+        default: Initial::Text("12"),
+        help: "bcrypt work factor (4 to 31)",
+        set: |c, v| number(v, 4, 31).map(|n| c.policy.bcrypt_cost = n),
+    },
+    Flag {
+        name: "workers",
+        value: Some("N"),
+        default: Initial::Computed {
+            rule: "4 per core, at least 8",
+            set: |c| c.workers = default_workers(),
+        },
+        help: "request worker threads",
+        set: |c, v| number(v, 1, 1024).map(|n| c.workers = n),
+    },
+    Flag {
+        name: "max-body-bytes",
+        value: Some("N"),
+        default: Initial::Text("65536"),
+        help: "largest accepted request body",
+        set: |c, v| number(v, 1, 1 << 30).map(|n| c.max_body_bytes = n),
+    },
+    Flag {
+        name: "session-ttl",
+        value: Some("SECS"),
+        default: Initial::Text("86400"),
+        help: "absolute session lifetime",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.session_ttl = n),
+    },
+    Flag {
+        name: "session-idle",
+        value: Some("SECS"),
+        default: Initial::Text("7200"),
+        help: "a session unused this long ends",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.session_idle = n),
+    },
+    Flag {
+        name: "reset-ttl",
+        value: Some("SECS"),
+        default: Initial::Text("3600"),
+        help: "reset token lifetime",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.reset_ttl = n),
+    },
+    Flag {
+        name: "reset-command",
+        value: Some("PATH"),
+        default: Initial::Unset,
+        help: "deliver reset tokens by running PATH with AUTH_EMAIL and AUTH_RESET_TOKEN",
+        set: |c, v| {
+            c.policy.reset_command = (!v.is_empty()).then(|| PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Flag {
+        name: "secure-cookies",
+        value: None,
+        default: Initial::Text("off"),
+        help: "add Secure to the session cookie (serve behind TLS)",
+        set: |c, v| switch(v).map(|on| c.secure_cookies = on),
+    },
+    Flag {
+        name: "trust-proxy",
+        value: None,
+        default: Initial::Text("off"),
+        help: "take the client address from the last X-Forwarded-For hop",
+        set: |c, v| switch(v).map(|on| c.trust_proxy = on),
+    },
+    Flag {
+        name: "max-login-failures",
+        value: Some("N"),
+        default: Initial::Text("5"),
+        help: "failed logins per (client address, email) before 429",
+        set: |c, v| number(v, 1, 1_000_000).map(|n| c.policy.max_login_failures = n),
+    },
+    Flag {
+        name: "login-window",
+        value: Some("SECS"),
+        default: Initial::Text("900"),
+        help: "the window those failures are counted in",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.login_window = n),
+    },
+    Flag {
+        name: "min-password-length",
+        value: Some("N"),
+        default: Initial::Text("1"),
+        help: "shortest accepted new password, in characters",
+        set: |c, v| number(v, 1, 72).map(|n| c.policy.min_password_length = n),
+    },
+    Flag {
+        name: "metrics",
+        value: None,
+        default: Initial::Text("off"),
+        help: "serve GET /metrics (Prometheus text format)",
+        set: |c, v| switch(v).map(|on| c.metrics = on),
+    },
+    Flag {
+        name: "max-connections",
+        value: Some("N"),
+        default: Initial::Text("1024"),
+        help: "open connections at once; past it a new one is closed at once",
+        set: |c, v| number(v, 1, 1_000_000).map(|n| c.max_connections = n),
+    },
+    Flag {
+        name: "header-timeout",
+        value: Some("SECS"),
+        default: Initial::Text("10"),
+        help: "time for a whole request head to arrive",
+        set: |c, v| number(v, 1, 3600).map(|n| c.header_timeout = Duration::from_secs(n)),
+    },
+    Flag {
+        name: "shutdown-grace",
+        value: Some("SECS"),
+        default: Initial::Text("10"),
+        help: "time in-flight requests get after SIGTERM",
+        set: |c, v| number(v, 0, 3600).map(|n| c.shutdown_grace = Duration::from_secs(n)),
+    },
 ];
 
 /// The `--help` text.
@@ -134,18 +321,22 @@ pub fn help() -> String {
          Switches read 1, true, yes or on (0, false, no, off) from their variable.\n\nflags:\n",
         env!("CARGO_PKG_VERSION")
     );
+    let left = |flag: &Flag| match flag.value {
+        Some(v) => format!("--{} {v}", flag.name),
+        None => format!("--{}", flag.name),
+    };
+    // Meanings start in one column, three spaces past the longest flag.
+    let width = FLAGS.iter().map(|f| left(f).len() + 4).max().unwrap_or(0);
     for flag in FLAGS {
-        let left = match flag.value {
-            Some(v) => format!("--{} {v}", flag.name),
-            None => format!("--{}", flag.name),
-        };
-        out.push_str(&format!(
-            "  {left:<26} {} [default: {}]\n",
-            flag.help, flag.default
-        ));
+        let left = left(flag);
+        let (help, default) = (flag.help, flag.default.shown());
+        out.push_str(&format!("  {left:<width$}{help} [default: {default}]\n"));
     }
-    out.push_str("  --help                     print this and exit\n");
-    out.push_str("  --version                  print the version and exit\n");
+    out.push_str(&format!("  {:<width$}print this and exit\n", "--help"));
+    out.push_str(&format!(
+        "  {:<width$}print the version and exit\n",
+        "--version"
+    ));
     out
 }
 
@@ -165,7 +356,7 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut given: Vec<(&'static Flag, Option<String>)> = Vec::new();
+        let mut given: Vec<(&'static Flag, String)> = Vec::new();
         let mut args = args.into_iter().map(Into::into);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -185,10 +376,11 @@ impl Config {
                 .find(|f| f.name == name)
                 .ok_or_else(|| ConfigError::UnknownFlag(arg.clone()))?;
             let value = match (flag.value, inline) {
-                (Some(_), Some(v)) => Some(v),
-                (Some(_), None) => Some(args.next().ok_or(ConfigError::MissingValue(flag.name))?),
+                (Some(_), Some(v)) => v,
+                (Some(_), None) => args.next().ok_or(ConfigError::MissingValue(flag.name))?,
                 (None, Some(_)) => return Err(ConfigError::UnexpectedValue(flag.name)),
-                (None, None) => None,
+                // A switch given on the command line is on.
+                (None, None) => "on".to_owned(),
             };
             given.push((flag, value));
         }
@@ -198,65 +390,19 @@ impl Config {
             // The last occurrence of a flag wins, as with most command lines.
             let from_args = given.iter().rev().find(|(f, _)| f.name == flag.name);
             let (value, source) = match from_args {
-                Some((_, value)) => (value.clone().or(Some(String::new())), "the command line"),
+                Some((_, value)) => (value.clone(), "the command line"),
                 None => match env(&env_name(flag.name)) {
-                    Some(v) => (Some(v), "the environment"),
+                    Some(v) => (v, "the environment"),
                     None => continue,
                 },
             };
-            let value = value.unwrap_or_default();
-            let bad = |why: String| ConfigError::BadValue {
+            (flag.set)(&mut config, &value).map_err(|why| ConfigError::BadValue {
                 flag: flag.name,
                 source,
                 why,
-            };
-            config
-                .apply(flag, &value, source == "the command line")
-                .map_err(bad)?;
+            })?;
         }
         Ok(Command::Run(Box::new(config)))
-    }
-
-    fn apply(&mut self, flag: &Flag, value: &str, from_args: bool) -> Result<(), String> {
-        let policy = &mut self.policy;
-        match flag.name {
-            "bind" => self.bind = parse_addr(value)?,
-            "db" => {
-                if value.is_empty() {
-                    return Err("a path is required".into());
-                }
-                self.db = PathBuf::from(value);
-                if crate::db::is_postgres_url(&self.db) && !cfg!(feature = "postgres") {
-                    return Err("a postgres:// database needs PostgreSQL support, but this \
-                                auth-service was built without the postgres feature \
-                                (cargo build --features postgres)"
-                        .into());
-                }
-            }
-            "bcrypt-cost" => policy.bcrypt_cost = number(value, 4, 31)?,
-            "workers" => self.workers = number(value, 1, 1024)?,
-            "max-body-bytes" => self.max_body_bytes = number(value, 1, 1 << 30)?,
-            "session-ttl" => policy.session_ttl = number(value, 1, i64::from(u32::MAX))?,
-            "session-idle" => policy.session_idle = number(value, 1, i64::from(u32::MAX))?,
-            "reset-ttl" => policy.reset_ttl = number(value, 1, i64::from(u32::MAX))?,
-            "reset-command" => {
-                policy.reset_command = match value {
-                    "" => None,
-                    path => Some(PathBuf::from(path)),
-                }
-            }
-            "max-login-failures" => policy.max_login_failures = number(value, 1, 1_000_000)?,
-            "login-window" => policy.login_window = number(value, 1, i64::from(u32::MAX))?,
-            "min-password-length" => policy.min_password_length = number(value, 1, 72)?,
-            "secure-cookies" => self.secure_cookies = switch(value, from_args)?,
-            "trust-proxy" => self.trust_proxy = switch(value, from_args)?,
-            "metrics" => self.metrics = switch(value, from_args)?,
-            "max-connections" => self.max_connections = number(value, 1, 1_000_000)?,
-            "header-timeout" => self.header_timeout = Duration::from_secs(number(value, 1, 3600)?),
-            "shutdown-grace" => self.shutdown_grace = Duration::from_secs(number(value, 0, 3600)?),
-            other => unreachable!("flag {other} is in FLAGS but not applied"),
-        }
-        Ok(())
     }
 }
 
@@ -266,6 +412,20 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{value:?} is not an address to listen on ({e})"))?
         .next()
         .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
+fn parse_db(value: &str) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err("a path is required".into());
+    }
+    let db = PathBuf::from(value);
+    if crate::db::is_postgres_url(&db) && !cfg!(feature = "postgres") {
+        return Err("a postgres:// database needs PostgreSQL support, but this \
+                    auth-service was built without the postgres feature \
+                    (cargo build --features postgres)"
+            .into());
+    }
+    Ok(db)
 }
 
 fn number<T>(value: &str, min: T, max: T) -> Result<T, String>
@@ -282,11 +442,9 @@ where
     Ok(n)
 }
 
-/// A switch on the command line is on; in the environment it says which.
-fn switch(value: &str, from_args: bool) -> Result<bool, String> {
-    if from_args {
-        return Ok(true);
-    }
+/// A switch's value: `on` from the command line, its variable's text from the environment
+/// (empty is off).
+fn switch(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
@@ -333,6 +491,71 @@ mod tests {
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.workers, default_workers());
+        // The library's own default is the same one.
+        assert_eq!(
+            format!("{:?}", Policy::default()),
+            format!("{:?}", c.policy)
+        );
+    }
+
+    #[test]
+    fn every_field_is_set_by_a_row() {
+        // Two starting points that differ in every field: if some field had no row, its
+        // placeholder would show through and the two would differ.
+        let other = Config {
+            bind: SocketAddr::from(([10, 9, 8, 7], 6)),
+            db: PathBuf::from("elsewhere"),
+            workers: 99_999,
+            max_body_bytes: 99_999,
+            secure_cookies: true,
+            trust_proxy: true,
+            metrics: true,
+            max_connections: 99_999,
+            header_timeout: Duration::from_secs(99_999),
+            shutdown_grace: Duration::from_secs(99_999),
+            policy: Policy {
+                bcrypt_cost: 99,
+                session_ttl: 99_999,
+                session_idle: 99_999,
+                reset_ttl: 99_999,
+                reset_command: Some(PathBuf::from("elsewhere")),
+                max_login_failures: 99_999,
+                login_window: 99_999,
+                min_password_length: 99_999,
+            },
+        };
+        assert_eq!(
+            format!("{:?}", with_defaults(placeholder())),
+            format!("{:?}", with_defaults(other))
+        );
+    }
+
+    #[test]
+    fn the_last_occurrence_wins() {
+        let c = parse(&["--bcrypt-cost", "5", "--bcrypt-cost=6"], &[]).unwrap();
+        assert_eq!(c.policy.bcrypt_cost, 6);
+        let c = parse(&["--reset-command", "/bin/x", "--reset-command="], &[]).unwrap();
+        assert!(c.policy.reset_command.is_none());
+        let c = parse(&["--reset-command=/bin/x"], &[]).unwrap();
+        assert_eq!(c.policy.reset_command, Some(PathBuf::from("/bin/x")));
+    }
+
+    #[test]
+    fn switches() {
+        let c = parse(&["--metrics"], &[("AUTH_METRICS", "off")]).unwrap();
+        assert!(c.metrics);
+        for (text, on) in [("1", true), ("On", true), ("no", false), ("", false)] {
+            let c = parse(&[], &[("AUTH_METRICS", text)]).unwrap();
+            assert_eq!(c.metrics, on, "AUTH_METRICS={text:?}");
+        }
+        assert!(matches!(
+            parse(&[], &[("AUTH_METRICS", "maybe")]),
+            Err(ConfigError::BadValue {
+                flag: "metrics",
+                ..
+            })
+        ));
     }
 
     #[test]
