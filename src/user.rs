@@ -1,10 +1,11 @@
-//! The user record (the reference's `user.py`) and the two inputs every route trusts only after
-//! parsing: an email address and a password.
+//! The user record (the reference's `user.py`) and the inputs every route trusts only after
+//! parsing: an email address, a password, and the client's address as the limits count it.
 //!
 //! Input is parsed into these types once, at the edge; past that point the rest of the code can
 //! rely on an `Email` being trimmed, bounded and plausible, and on a `Password` fitting bcrypt.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// A row of the `users` table.
 ///
@@ -37,6 +38,8 @@ pub enum InputError {
     EmailWithoutAt,
     /// The email is longer than [`MAX_EMAIL_BYTES`] once trimmed.
     EmailTooLong,
+    /// The email holds a control character or white space inside it.
+    EmailWithSpaceOrControl,
     /// The password is empty.
     EmptyPassword,
     /// The password is longer than [`MAX_PASSWORD_BYTES`].
@@ -53,6 +56,9 @@ impl InputError {
             InputError::EmptyEmail | InputError::EmptyPassword => "is required".into(),
             InputError::EmailWithoutAt => "must contain @".into(),
             InputError::EmailTooLong => format!("is longer than {MAX_EMAIL_BYTES} bytes"),
+            InputError::EmailWithSpaceOrControl => {
+                "must not contain white space or control characters".into()
+            }
             InputError::PasswordTooLong => format!("is longer than {MAX_PASSWORD_BYTES} bytes"),
             InputError::PasswordTooShort(n) => format!("is shorter than {n} characters"),
         }
@@ -62,9 +68,10 @@ impl InputError {
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let field = match self {
-            InputError::EmptyEmail | InputError::EmailWithoutAt | InputError::EmailTooLong => {
-                "email"
-            }
+            InputError::EmptyEmail
+            | InputError::EmailWithoutAt
+            | InputError::EmailTooLong
+            | InputError::EmailWithSpaceOrControl => "email",
             _ => "password",
         };
         write!(f, "{field} {}", self.reason())
@@ -73,7 +80,10 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// An email address: trimmed, non-empty, at most 254 bytes, with an `@`.
+/// An email address: trimmed, non-empty, at most 254 bytes, with an `@`, and nothing inside
+/// it that is white space or a control character. An email reaches mail commands (as
+/// `AUTH_EMAIL`), log lines and the database: a NUL, a CR or an LF in it is never the user's
+/// address, and would let a client write a mail header or end a string early.
 ///
 /// Case is kept as given; comparisons are case-insensitive in the database (ASCII, as SQLite's
 /// `NOCASE` and the throttle's key both fold).
@@ -87,6 +97,8 @@ impl Email {
             Err(InputError::EmptyEmail)
         } else if email.len() > MAX_EMAIL_BYTES {
             Err(InputError::EmailTooLong)
+        } else if email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            Err(InputError::EmailWithSpaceOrControl)
         } else if !email.contains('@') {
             Err(InputError::EmailWithoutAt)
         } else {
@@ -108,6 +120,41 @@ impl AsRef<str> for Email {
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A client's address as the abuse limits count it (the login throttle, the bcrypt lane's
+/// turns): an IPv4 address as it is, an IPv4-mapped IPv6 address as that IPv4 address, and any
+/// other IPv6 address as its /64 network, since one host is commonly handed a whole /64 and
+/// could otherwise count as billions of clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddress(IpAddr);
+
+impl ClientAddress {
+    pub fn new(ip: IpAddr) -> ClientAddress {
+        ClientAddress(match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let network = u128::from(v6) & !(u128::MAX >> 64);
+                    IpAddr::V6(Ipv6Addr::from(network))
+                }
+            },
+        })
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
     }
 }
 
@@ -158,6 +205,36 @@ mod tests {
         assert_eq!(Email::parse("  a@b.c \t").unwrap().as_str(), "a@b.c");
         assert_eq!(Email::parse("   "), Err(InputError::EmptyEmail));
         assert_eq!(Email::parse("ab.c"), Err(InputError::EmailWithoutAt));
+    }
+
+    #[test]
+    fn email_refuses_control_characters_and_inner_space() {
+        for bad in [
+            "a\0b@x.y",
+            "a\r\nX-Evil: 1@x.y",
+            "a b@x.y",
+            "a@x\ty",
+            "a\u{85}@x.y",
+            "a\u{a0}b@x.y",
+        ] {
+            assert_eq!(
+                Email::parse(bad),
+                Err(InputError::EmailWithSpaceOrControl),
+                "{bad:?}"
+            );
+        }
+        assert!(Email::parse("é+tag@exämple.org").is_ok());
+    }
+
+    #[test]
+    fn client_addresses_count_ipv6_per_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| ClientAddress::new(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
     }
 
     #[test]
