@@ -94,11 +94,6 @@ impl Reply {
         reply.log = Some(cause.to_string());
         reply
     }
-
-    /// The 413 reply, used by the server before the body is read.
-    pub fn body_too_large(limit: usize) -> Reply {
-        Reply::message(413, &format!("request body is larger than {limit} bytes"))
-    }
 }
 
 /// What a worker's handlers need: its `Auth` and the settings.
@@ -110,6 +105,16 @@ pub struct Context<'a> {
 /// Everything a request can be refused for, before or after `Auth` has its say.
 #[derive(Debug)]
 pub enum AppError {
+    /// The body is longer than `--max-body-bytes` (declared so, or found so while reading a
+    /// chunked one); it was not read.
+    BodyTooLarge(usize),
+    /// The body's length cannot be told safely (RFC 9112 6.3): a bad or conflicting
+    /// `Content-Length`, a `Transfer-Encoding` other than chunked, both, or a broken chunk.
+    BadFraming,
+    /// The body did not arrive within its deadline.
+    BodyTimeout,
+    /// The bcrypt lane cannot take the request: its expected wait is too long.
+    Busy,
     /// The body is not `application/x-www-form-urlencoded` text.
     BadForm,
     /// A required form field is missing or empty.
@@ -132,6 +137,13 @@ impl From<AuthError> for AppError {
 /// The one place errors become statuses and bodies.
 pub fn error_reply(error: AppError) -> Reply {
     match error {
+        AppError::BodyTooLarge(limit) => {
+            Reply::message(413, &format!("request body is larger than {limit} bytes"))
+        }
+        AppError::BadFraming => Reply::message(400, "request body framing is invalid"),
+        AppError::BodyTimeout => Reply::message(408, "request body took too long to arrive"),
+        AppError::Busy => Reply::message(503, "too many password checks waiting, try again")
+            .with_header("Retry-After", "1"),
         AppError::BadForm => Reply::message(400, "body is not valid form data"),
         AppError::MissingField(field) => Reply::message(400, &format!("{field} is required")),
         AppError::Invalid(field, e) => Reply::message(400, &format!("{field} {}", e.reason())),
@@ -149,19 +161,27 @@ pub fn error_reply(error: AppError) -> Reply {
                 Reply::message(429, "too many failed logins, try again later")
                     .with_header("Retry-After", retry_after.to_string())
             }
-            AuthError::Busy => Reply::message(503, "too many password checks waiting, try again")
-                .with_header("Retry-After", "1"),
+            AuthError::DeliveryQueueFull => {
+                Reply::message(503, "too many reset tokens waiting to be sent, try again")
+                    .with_header("Retry-After", "1")
+            }
             AuthError::Input(e) => Reply::message(400, &e.to_string()),
             // The cause of a bcrypt error can quote a stored hash: log only its kind.
             AuthError::Hash(_) => Reply::internal_error("bcrypt failed"),
-            e @ (AuthError::Delivery(_) | AuthError::Db(_)) => Reply::internal_error(e),
+            e @ AuthError::Db(_) => Reply::internal_error(e),
         },
     }
 }
 
-/// Routes one request. Errors from handlers become replies through [`error_reply`].
+/// Routes one request. Errors from handlers become replies through [`error_reply`]. `HEAD` is
+/// routed as `GET` (the server sends no body for it).
 pub fn handle(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
-    let result = match (rq.method, rq.path) {
+    let method = if rq.method == "HEAD" {
+        "GET"
+    } else {
+        rq.method
+    };
+    let result = match (method, rq.path) {
         ("GET", "/") => Ok(Reply::json(200, json!({ "message": "Bienvenue" }))),
         ("POST", "/users") => register(ctx, rq),
         ("POST", "/sessions") => log_in(ctx, rq),
@@ -184,7 +204,11 @@ fn allowed_methods(path: &str, metrics: bool) -> Option<String> {
     let methods: Vec<&str> = ROUTES
         .iter()
         .filter(|(_, p)| *p == path && (metrics || *p != "/metrics"))
-        .map(|(m, _)| *m)
+        .flat_map(|(m, _)| match *m {
+            "GET" => &["GET", "HEAD"][..],
+            _ => std::slice::from_ref(m),
+        })
+        .copied()
         .collect();
     (!methods.is_empty()).then(|| methods.join(", "))
 }
@@ -427,7 +451,10 @@ mod tests {
             Some("POST, DELETE")
         );
         assert_eq!(allowed_methods("/metrics", false), None);
-        assert_eq!(allowed_methods("/metrics", true).as_deref(), Some("GET"));
+        assert_eq!(
+            allowed_methods("/metrics", true).as_deref(),
+            Some("GET, HEAD")
+        );
         assert_eq!(allowed_methods("/nope", true), None);
     }
 
@@ -439,7 +466,11 @@ mod tests {
             AppError::NoSession,
             AppError::NotFound,
             AppError::MethodNotAllowed("GET".into()),
-            AppError::Auth(AuthError::Busy),
+            AppError::Busy,
+            AppError::BodyTooLarge(10),
+            AppError::BadFraming,
+            AppError::BodyTimeout,
+            AppError::Auth(AuthError::DeliveryQueueFull),
             AppError::Auth(AuthError::Throttled { retry_after: 3 }),
         ];
         for e in errors {

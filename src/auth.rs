@@ -3,13 +3,13 @@
 //! how much bcrypt work runs at once.
 //!
 //! Each worker owns an `Auth` (and through it a [`Db`] connection); what must be common to all
-//! workers (policy, metrics) lives in [`Shared`] behind an `Arc`. bcrypt never runs inside a
-//! database transaction or under a lock; the server bounds how much of it runs at once.
+//! workers (policy, metrics, the reset delivery queue) lives in [`Shared`] behind an `Arc`.
+//! bcrypt never runs inside a database transaction or under a lock; the server bounds how much
+//! of it runs at once.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, DbError, Value};
+use crate::delivery::Deliveries;
 use crate::metrics::{LoginOutcome, Metrics};
 use crate::user::{Email, InputError, Password, User};
 
@@ -43,8 +44,6 @@ impl Default for Policy {
 
 /// The per-address cap across all emails is this many times the per-pair limit.
 const ADDRESS_CAP_FACTOR: u32 = 10;
-/// A reset command that has not finished after this long is killed.
-const RESET_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything that can go wrong in `Auth`. Messages are lowercase and carry no secret.
 #[derive(Debug)]
@@ -60,12 +59,10 @@ pub enum AuthError {
     /// Too many failed logins from this address (for this email, or for all); retry after
     /// this many seconds.
     Throttled { retry_after: u64 },
-    /// More bcrypt work is waiting than can be served in time; retry after a second.
-    Busy,
+    /// The reset delivery queue is full; retry after a second.
+    DeliveryQueueFull,
     /// A field failed to parse.
     Input(InputError),
-    /// The reset command could not be run or failed.
-    Delivery(String),
     /// bcrypt failed (a malformed stored hash, or the system's randomness).
     Hash(bcrypt::BcryptError),
     /// The store failed.
@@ -83,9 +80,8 @@ impl fmt::Display for AuthError {
             AuthError::Throttled { retry_after } => {
                 write!(f, "too many failed logins, retry in {retry_after} s")
             }
-            AuthError::Busy => write!(f, "too many password checks waiting"),
+            AuthError::DeliveryQueueFull => write!(f, "too many reset tokens waiting to be sent"),
             AuthError::Input(e) => write!(f, "{e}"),
-            AuthError::Delivery(why) => write!(f, "reset command failed: {why}"),
             AuthError::Hash(e) => write!(f, "bcrypt failed: {e}"),
             AuthError::Db(e) => write!(f, "{e}"),
         }
@@ -126,14 +122,19 @@ impl From<bcrypt::BcryptError> for AuthError {
 pub enum ResetDelivery {
     /// No reset command is configured: the token goes back in the response (the reference).
     Token(String),
-    /// The reset command received the token; the response must not carry it.
+    /// The token is queued for the reset command; the response must not carry it.
     Sent,
 }
 
 /// What all workers' `Auth`s have in common.
 pub struct Shared {
     pub policy: Policy,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// With `--reset-command`: the queue its runs wait in.
+    deliveries: Option<Arc<Deliveries>>,
+    /// What one bcrypt operation at the configured cost is expected to take, before any has
+    /// been measured.
+    bcrypt_estimate: Duration,
     /// A hash that matches nothing, verified for unknown emails so they cost what a wrong
     /// password costs and the time of a login does not tell whether an address is registered.
     dummy_hash: String,
@@ -144,14 +145,32 @@ impl Shared {
     pub fn new(policy: Policy) -> Shared {
         // A cost-4 hash relabelled with the real cost: a well-formed hash whose verification
         // runs the full cost, made in a millisecond instead of a quarter second at start.
+        let started = Instant::now();
         let cheap = bcrypt::hash("auth-service dummy password", 4).expect("bcrypt at cost 4");
+        // Each step of the cost doubles the work.
+        let bcrypt_estimate = started
+            .elapsed()
+            .saturating_mul(1 << policy.bcrypt_cost.saturating_sub(4).min(27));
         let dummy_hash = format!("$2b${:02}{}", policy.bcrypt_cost, &cheap[6..]);
+        let metrics = Arc::new(Metrics::default());
+        let deliveries = policy
+            .reset_command
+            .clone()
+            .map(|command| Deliveries::new(command, Arc::clone(&metrics)));
         Shared {
             policy,
-            metrics: Metrics::default(),
+            metrics,
+            deliveries,
+            bcrypt_estimate,
             dummy_hash,
             failures_since_prune: AtomicU64::new(0),
         }
+    }
+
+    /// What one bcrypt operation at the configured cost should take on this machine, scaled
+    /// from one at cost 4 timed at start.
+    pub fn bcrypt_estimate(&self) -> Duration {
+        self.bcrypt_estimate
     }
 
     /// The hash verified for unknown emails. Public so tests can check it runs at the
@@ -331,18 +350,20 @@ impl Auth {
         Ok(token)
     }
 
-    /// `get_reset_password_token`, then delivery: through the reset command when one is
-    /// configured, else back to the caller (the reference's behaviour).
+    /// `get_reset_password_token`, then delivery: queued for the reset command when one is
+    /// configured (the queue must have room before a token is made), else back to the caller
+    /// (the reference's behaviour).
     pub fn request_password_reset(&self, email: &Email) -> Result<ResetDelivery, AuthError> {
+        let Some(deliveries) = &self.shared.deliveries else {
+            let token = self.get_reset_password_token(email)?;
+            self.shared.metrics.reset_requested();
+            return Ok(ResetDelivery::Token(token));
+        };
+        let slot = deliveries.reserve().ok_or(AuthError::DeliveryQueueFull)?;
         let token = self.get_reset_password_token(email)?;
         self.shared.metrics.reset_requested();
-        match &self.policy().reset_command {
-            None => Ok(ResetDelivery::Token(token)),
-            Some(command) => {
-                run_reset_command(command, email, &token)?;
-                Ok(ResetDelivery::Sent)
-            }
-        }
+        slot.send(email, token);
+        Ok(ResetDelivery::Sent)
     }
 
     /// Sets a new password with a reset token (the reference's signature: any user's token).
@@ -499,32 +520,4 @@ fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Runs the operator's reset command with the email and token in its environment, bounded in
-/// time. Its output goes where the server's does; the token is never in its arguments, where
-/// `ps` would show it.
-fn run_reset_command(command: &PathBuf, email: &Email, token: &str) -> Result<(), AuthError> {
-    let mut child = Command::new(command)
-        .env("AUTH_EMAIL", email.as_str())
-        .env("AUTH_RESET_TOKEN", token)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| AuthError::Delivery(format!("could not start it: {e}")))?;
-    let started = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => {
-                return Err(AuthError::Delivery(format!("it exited with {status}")))
-            }
-            Ok(None) if started.elapsed() > RESET_COMMAND_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(AuthError::Delivery("it timed out".into()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(AuthError::Delivery(format!("could not wait for it: {e}"))),
-        }
-    }
 }

@@ -48,8 +48,10 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod metrics;
 pub mod server;
+pub mod slow_lane;
 pub mod user;
 
 pub use auth::{Auth, AuthError};

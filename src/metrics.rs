@@ -3,7 +3,8 @@
 //! Plain atomics: a request touches two or three of them, never a lock.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
 /// The routes requests are counted under; anything else is `other`.
@@ -32,26 +33,39 @@ pub enum LoginOutcome {
     Throttled,
 }
 
+/// What the HTTP server reports of its connections, read at each scrape.
+pub trait Connections: Send + Sync {
+    /// Connections open now.
+    fn open(&self) -> usize;
+    /// Connections closed as soon as they were accepted (over the limit, or no thread or
+    /// descriptor left), since start.
+    fn refused(&self) -> u64;
+    /// Requests from the first byte of their head until their answer is out.
+    fn requests_in_progress(&self) -> usize;
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len() + 1]; ROUTES.len()],
-    in_flight: AtomicI64,
+    connections: OnceLock<Weak<dyn Connections>>,
     logins: [AtomicU64; 3],
     registrations: AtomicU64,
     resets_requested: AtomicU64,
     resets_completed: AtomicU64,
+    /// Reset tokens handed to the reset command: [sent, failed].
+    reset_deliveries: [AtomicU64; 2],
     bcrypt_buckets: [AtomicU64; BCRYPT_BUCKETS.len()],
     bcrypt_count: AtomicU64,
     bcrypt_micros: AtomicU64,
 }
 
 impl Metrics {
-    pub fn request_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+    /// Where the connection gauges come from (the server, once it listens).
+    pub fn watch_connections(&self, connections: Weak<dyn Connections>) {
+        let _ = self.connections.set(connections);
     }
 
     pub fn request_finished(&self, path: &str, status: u16) {
-        self.in_flight.fetch_sub(1, Relaxed);
         let route = ROUTES
             .iter()
             .position(|r| *r == path)
@@ -77,6 +91,11 @@ impl Metrics {
 
     pub fn reset_completed(&self) {
         self.resets_completed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one run of the reset command, by whether it succeeded.
+    pub fn reset_delivered(&self, ok: bool) {
+        self.reset_deliveries[usize::from(!ok)].fetch_add(1, Relaxed);
     }
 
     /// Records one bcrypt verification (a login's, real or against the dummy hash).
@@ -115,13 +134,24 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP auth_requests_in_flight Requests being handled now.\n");
-        out.push_str("# TYPE auth_requests_in_flight gauge\n");
-        let _ = writeln!(
-            out,
-            "auth_requests_in_flight {}",
-            self.in_flight.load(Relaxed)
+        let connections = self.connections.get().and_then(Weak::upgrade);
+        let (in_flight, open, refused) = connections.map_or((0, 0, 0), |c| {
+            (c.requests_in_progress(), c.open(), c.refused())
+        });
+        out.push_str(
+            "# HELP auth_requests_in_flight Requests from their first byte until answered.\n",
         );
+        out.push_str("# TYPE auth_requests_in_flight gauge\n");
+        let _ = writeln!(out, "auth_requests_in_flight {in_flight}");
+        out.push_str("# HELP auth_connections_open Client connections open now.\n");
+        out.push_str("# TYPE auth_connections_open gauge\n");
+        let _ = writeln!(out, "auth_connections_open {open}");
+        out.push_str(
+            "# HELP auth_connections_refused_total Connections closed as soon as accepted: \
+             over --max-connections, or no thread or descriptor left.\n",
+        );
+        out.push_str("# TYPE auth_connections_refused_total counter\n");
+        let _ = writeln!(out, "auth_connections_refused_total {refused}");
         out.push_str("# HELP auth_logins_total Login attempts, by outcome.\n");
         out.push_str("# TYPE auth_logins_total counter\n");
         for (name, n) in ["ok", "failed", "throttled"].iter().zip(&self.logins) {
@@ -150,6 +180,15 @@ impl Metrics {
             "auth_password_resets_total{{stage=\"completed\"}} {}",
             self.resets_completed.load(Relaxed)
         );
+        out.push_str("# HELP auth_reset_deliveries_total Runs of the reset command, by outcome.\n");
+        out.push_str("# TYPE auth_reset_deliveries_total counter\n");
+        for (outcome, n) in ["sent", "failed"].iter().zip(&self.reset_deliveries) {
+            let _ = writeln!(
+                out,
+                "auth_reset_deliveries_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         out.push_str("# HELP auth_bcrypt_verify_seconds Time of one bcrypt verification.\n");
         out.push_str("# TYPE auth_bcrypt_verify_seconds histogram\n");
         for (le, n) in BCRYPT_BUCKETS.iter().zip(&self.bcrypt_buckets) {

@@ -1,36 +1,34 @@
 //! The HTTP side: a tiny_http server shared by N worker threads, each with its own `Auth` and
-//! database connection; bounded body reading; the access log; graceful shutdown.
+//! database connection; the bcrypt slow lane; the access log; graceful shutdown.
 //!
-//! Only this module touches sockets. A worker reads and bounds a request, hands the
-//! app a [`Request`], and writes the [`Reply`] it gets back. A handler that panics is answered
-//! 500 and the worker carries on.
+//! Only this module touches tiny_http. A connection's own thread (inside the vendored
+//! tiny_http) reads each request in full, within the bounds and deadlines of
+//! [`tiny_http::Limits`], before a worker sees it, and the worker's answer is sent without
+//! waiting on the client: so no client, however slow or silent, holds a worker. A worker
+//! hands the app a [`Request`] and writes the [`Reply`] it gets back. A handler that panics is
+//! answered 500 and the worker carries on.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::app::{self, AppError, Context, Reply, Request};
-use crate::auth::{Auth, AuthError, Shared};
+use crate::auth::{Auth, Shared};
 use crate::config::{self, Config};
 use crate::db::{Db, DbError};
+use crate::metrics::Connections;
+use crate::slow_lane::SlowLane;
+use crate::user::ClientAddress;
 
-/// How long a connection may sit without sending a byte (idle keep-alive, a stalled header
-/// or body) before it is closed. Accepted sockets inherit it from the listening socket.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most time one request's body may take to arrive, however it trickles in.
-const BODY_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Requests that may wait for a slow-lane thread, per thread; beyond that they are shed.
-/// At bcrypt cost 12 (about a quarter second a check) that is a wait of eight seconds at most.
-const SLOW_LANE_QUEUE_PER_THREAD: usize = 32;
+/// How often a stopping server looks whether its in-flight requests are done.
+const STOP_POLL: Duration = Duration::from_millis(5);
 
 /// A request handler: the app's router, or a stand-in in tests.
 pub type Handler = fn(&Context<'_>, &Request<'_>) -> Reply;
@@ -76,8 +74,10 @@ impl From<DbError> for ServerError {
 pub struct Server {
     addr: SocketAddr,
     stopper: Stopper,
-    workers: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+    lane: Arc<SlowLane<Job>>,
     shared: Arc<Shared>,
+    shutdown_grace: Duration,
 }
 
 /// Stops a server from any thread (a signal handler's, a test's).
@@ -86,29 +86,47 @@ pub struct Stopper(Arc<StopState>);
 
 struct StopState {
     http: Arc<tiny_http::Server>,
-    listener: TcpListener,
     stopping: AtomicBool,
-    workers: usize,
+    /// Set (and `stopped` notified) by `stop`.
+    stopped: Mutex<bool>,
+    stop_signal: Condvar,
     fatal: Mutex<Option<io::Error>>,
 }
 
 impl Stopper {
-    /// Stops accepting connections and wakes every idle worker; requests already received are
-    /// still answered.
+    /// Stops accepting connections; requests already received are still answered, and
+    /// [`Server::wait`] returns once they are (or the shutdown grace has passed).
     pub fn stop(&self) {
         if self.0.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Shutting the listening socket down makes tiny_http's blocked accept() fail, so no
-        // new connection is taken from here on.
-        let _ = SockRef::from(&self.0.listener).shutdown(std::net::Shutdown::Read);
-        for _ in 0..self.0.workers {
-            self.0.http.unblock();
-        }
+        self.0.http.stop_accepting();
+        *self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.stop_signal.notify_all();
     }
 
     fn stopping(&self) -> bool {
         self.0.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until `stop` has been called.
+    fn wait_for_stop(&self) {
+        let mut stopped = self
+            .0
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while !*stopped {
+            stopped = self
+                .0
+                .stop_signal
+                .wait(stopped)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
     }
 }
 
@@ -128,20 +146,21 @@ impl Server {
             .map(|_| Db::open(&config.db))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let listener = listen(config.bind).map_err(|e| ServerError::Bind(config.bind, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ServerError::Bind(config.bind, e))?;
-        let control = listener
-            .try_clone()
-            .map_err(|e| ServerError::Bind(config.bind, e))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| ServerError::Bind(config.bind, io::Error::other(e.to_string())))?;
+        let bind_error = |e| ServerError::Bind(config.bind, e);
+        let listener = listen(config.bind).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let http = tiny_http::Server::from_listener_with_limits(listener, limits(&config))
+            .map_err(bind_error)?;
+        let http = Arc::new(http);
+        let connections: Arc<dyn Connections> = Arc::clone(&http) as _;
+        shared
+            .metrics
+            .watch_connections(Arc::downgrade(&connections));
         let stopper = Stopper(Arc::new(StopState {
-            http: Arc::new(http),
-            listener: control,
+            http,
             stopping: AtomicBool::new(false),
-            workers: config.workers,
+            stopped: Mutex::new(false),
+            stop_signal: Condvar::new(),
             fatal: Mutex::new(None),
         }));
 
@@ -157,11 +176,11 @@ impl Server {
             );
         }
 
+        let shutdown_grace = config.shutdown_grace;
         let config = Arc::new(config);
         // The slow lane: requests that run bcrypt wait here for one of `cores` threads, so the
-        // workers go straight back to cheap requests. Past its capacity they are shed with 503.
-        let (lane, jobs) = mpsc::sync_channel::<Job>(lane_threads * SLOW_LANE_QUEUE_PER_THREAD);
-        let jobs = Arc::new(Mutex::new(jobs));
+        // workers go straight back to cheap requests.
+        let lane = Arc::new(SlowLane::new(lane_threads, shared.bcrypt_estimate()));
         let mut dbs = dbs.into_iter();
         let mut threads: Vec<JoinHandle<()>> = dbs
             .by_ref()
@@ -171,29 +190,29 @@ impl Server {
                 let auth = Auth::new(db, Arc::clone(&shared));
                 let config = Arc::clone(&config);
                 let stopper = stopper.clone();
-                let lane = lane.clone();
+                let lane = Arc::clone(&lane);
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
                     .spawn(move || work(auth, &config, handler, &stopper, &lane))
                     .expect("spawning a worker thread")
             })
             .collect();
-        drop(lane);
         threads.extend(dbs.enumerate().map(|(i, db)| {
             let auth = Auth::new(db, Arc::clone(&shared));
             let config = Arc::clone(&config);
-            let jobs = Arc::clone(&jobs);
+            let lane = Arc::clone(&lane);
             std::thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
-                .spawn(move || slow_lane(auth, &config, handler, &jobs))
+                .spawn(move || slow_lane(auth, &config, handler, &lane))
                 .expect("spawning a bcrypt thread")
         }));
-        let workers = threads;
         Ok(Server {
             addr,
             stopper,
-            workers,
+            threads,
+            lane,
             shared,
+            shutdown_grace,
         })
     }
 
@@ -216,18 +235,30 @@ impl Server {
         self.stopper.stop();
     }
 
-    /// Waits for every worker to finish. An error when the server stopped on its own because
-    /// tiny_http could no longer accept.
+    /// Waits until the server is stopped and its in-flight requests are answered, or the
+    /// shutdown grace has passed since the stop, whichever comes first; then ends the workers.
+    /// An error when the server stopped on its own because it could no longer accept.
     pub fn wait(self) -> Result<(), ServerError> {
-        for worker in self.workers {
-            let _ = worker.join();
+        self.stopper.wait_for_stop();
+        let http = &self.stopper.0.http;
+        let deadline = Instant::now() + self.shutdown_grace;
+        while http.requests_in_progress() > 0 && Instant::now() < deadline {
+            std::thread::sleep(STOP_POLL);
+        }
+        // What is still queued (only when the grace ran out) is answered 503 by tiny_http as
+        // it is dropped; the workers and the lane's threads see their queues closed, finish
+        // the request in hand (none waits on a client) and end.
+        http.close();
+        self.lane.close();
+        for thread in self.threads {
+            let _ = thread.join();
         }
         let fatal = self
             .stopper
             .0
             .fatal
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
         fatal.map_or(Ok(()), |e| Err(ServerError::Accept(e)))
     }
@@ -253,14 +284,36 @@ pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+impl Connections for tiny_http::Server {
+    fn open(&self) -> usize {
+        self.num_connections()
+    }
+
+    fn refused(&self) -> u64 {
+        self.refused_connections()
+    }
+
+    fn requests_in_progress(&self) -> usize {
+        self.requests_in_progress()
+    }
+}
+
+/// What tiny_http holds every connection to: SPEC section 9's bounds and deadlines.
+fn limits(config: &Config) -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_connections: config.max_connections,
+        max_body: config.max_body_bytes,
+        head_timeout: config.header_timeout,
+        ..tiny_http::Limits::default()
+    }
+}
+
 /// A listening socket with the options every accepted connection should inherit.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    // Linux copies these to accepted sockets: a stalled client costs a worker at most the
-    // timeout, and small responses leave at once instead of waiting on Nagle.
-    socket.set_read_timeout(Some(SOCKET_TIMEOUT))?;
-    socket.set_write_timeout(Some(SOCKET_TIMEOUT))?;
+    // Linux copies it to accepted sockets: small responses leave at once instead of waiting
+    // on Nagle.
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -268,23 +321,20 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// One worker: take a request, answer it, until the server stops.
-fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: &SyncSender<Job>) {
+fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: &SlowLane<Job>) {
     let ctx = Context {
         auth: &auth,
         config,
     };
+    let http = &stopper.0.http;
     loop {
         // Waiting for work is when the access log goes out: while requests keep coming, their
-        // lines gather into one write. try_recv can swallow the wake-up that stop() queues for
-        // this worker, so an empty queue is also where a stopping worker leaves.
-        let next = match stopper.0.http.try_recv() {
+        // lines gather into one write.
+        let next = match http.try_recv() {
             Ok(Some(request)) => Ok(request),
             Ok(None) => {
                 access_log::flush();
-                if stopper.stopping() {
-                    return;
-                }
-                stopper.0.http.recv()
+                http.recv()
             }
             Err(e) => Err(e),
         };
@@ -298,7 +348,11 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: 
                 // tiny_http's accept loop has died; no request will come again. Stop the whole
                 // server so the process exits non-zero rather than idling forever.
                 eprintln!("auth-service: accepting failed: {e}");
-                *stopper.0.fatal.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                *stopper
+                    .0
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e);
                 stopper.stop();
                 return;
             }
@@ -306,26 +360,22 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: 
     }
 }
 
-/// One slow-lane thread: answer the bcrypt requests the workers hand over, until every worker
-/// has stopped and the queue is empty.
-fn slow_lane(auth: Auth, config: &Config, handler: Handler, jobs: &Mutex<Receiver<Job>>) {
+/// One slow-lane thread: answer the bcrypt requests the workers hand over, until the lane is
+/// closed and empty.
+fn slow_lane(auth: Auth, config: &Config, handler: Handler, lane: &SlowLane<Job>) {
     let ctx = Context {
         auth: &auth,
         config,
     };
-    loop {
-        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        match job {
-            Ok(job) => {
-                answer(&ctx, handler, job);
-                access_log::flush();
-            }
-            Err(_) => return,
-        }
+    while let Some(job) = lane.pop() {
+        let started = Instant::now();
+        answer(&ctx, handler, job);
+        lane.record(started.elapsed());
+        access_log::flush();
     }
 }
 
-/// A request read off the socket and bounded, waiting for its handler.
+/// A request tiny_http has read in full, waiting for its handler.
 struct Job {
     request: tiny_http::Request,
     started: Instant,
@@ -334,11 +384,11 @@ struct Job {
     cookie: Option<String>,
     forwarded_for: Option<String>,
     peer: IpAddr,
-    body: Result<Vec<u8>, BodyError>,
+    body: Result<Vec<u8>, AppError>,
 }
 
 impl Job {
-    fn read(mut request: tiny_http::Request, max_body_bytes: usize) -> Job {
+    fn new(mut request: tiny_http::Request, max_body_bytes: usize) -> Job {
         let started = Instant::now();
         let method = request.method().as_str().to_owned();
         let path = request
@@ -347,25 +397,31 @@ impl Job {
             .next()
             .unwrap_or_default()
             .to_owned();
-        let cookie = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Cookie"))
-            .map(|h| h.value.as_str().to_owned());
+        let header = |name: &'static str| {
+            request
+                .headers()
+                .iter()
+                .filter(move |h| h.field.equiv(name))
+                .map(|h| h.value.as_str())
+        };
+        let cookie = header("Cookie").next().map(str::to_owned);
         // Every X-Forwarded-For line, joined in order (RFC 9110 5.3): a proxy that adds its own
         // line instead of extending the client's must still have the last hop.
-        let forwarded_for = request
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv("X-Forwarded-For"))
-            .map(|h| h.value.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let forwarded_for = header("X-Forwarded-For").collect::<Vec<_>>().join(", ");
         let forwarded_for = (!forwarded_for.is_empty()).then_some(forwarded_for);
         let peer = request
             .remote_addr()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-        let body = read_body(&mut request, max_body_bytes);
+        let body = match request.body_problem() {
+            None => {
+                let mut body = Vec::with_capacity(request.body_length().unwrap_or(0));
+                let _ = request.as_reader().read_to_end(&mut body);
+                Ok(body)
+            }
+            Some(tiny_http::BodyProblem::TooLarge) => Err(AppError::BodyTooLarge(max_body_bytes)),
+            Some(tiny_http::BodyProblem::BadFraming) => Err(AppError::BadFraming),
+            Some(tiny_http::BodyProblem::TimedOut) => Err(AppError::BodyTimeout),
+        };
         Job {
             request,
             started,
@@ -377,40 +433,38 @@ impl Job {
             body,
         }
     }
+
+    /// The request as the handlers see it (the body only when it was read).
+    fn request<'a>(&'a self, body: &'a [u8]) -> Request<'a> {
+        Request {
+            method: &self.method,
+            path: &self.path,
+            cookie: self.cookie.as_deref(),
+            forwarded_for: self.forwarded_for.as_deref(),
+            peer: self.peer,
+            body,
+        }
+    }
 }
 
-/// Reads one request, then answers it here or hands it to the slow lane.
-fn serve(ctx: &Context<'_>, handler: Handler, request: tiny_http::Request, lane: &SyncSender<Job>) {
-    ctx.auth.shared().metrics.request_started();
-    let job = Job::read(request, ctx.config.max_body_bytes);
-    if job.body.is_ok() && app::runs_bcrypt(&job.method, &job.path) {
-        match lane.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                let busy = app::error_reply(AppError::Auth(AuthError::Busy));
-                respond(ctx, job, busy);
-            }
-            Err(TrySendError::Disconnected(job)) => answer(ctx, handler, job),
-        }
-    } else {
-        answer(ctx, handler, job);
+/// Answers a request here, or hands it to the slow lane when it runs bcrypt.
+fn serve(ctx: &Context<'_>, handler: Handler, request: tiny_http::Request, lane: &SlowLane<Job>) {
+    let job = Job::new(request, ctx.config.max_body_bytes);
+    if job.body.is_err() || !app::runs_bcrypt(&job.method, &job.path) {
+        return answer(ctx, handler, job);
+    }
+    let client = ClientAddress::new(app::client_address(ctx, &job.request(&[])));
+    if let Err(job) = lane.push(client, job) {
+        respond(ctx, job, app::error_reply(AppError::Busy));
     }
 }
 
 /// Runs the handler on a job (a panic becomes a 500) and responds.
-fn answer(ctx: &Context<'_>, handler: Handler, job: Job) {
-    let reply = match &job.body {
-        Err(BodyError::TooLarge) => Reply::body_too_large(ctx.config.max_body_bytes),
-        Err(BodyError::Unreadable) => Reply::message(400, "request body could not be read"),
+fn answer(ctx: &Context<'_>, handler: Handler, mut job: Job) {
+    let reply = match std::mem::replace(&mut job.body, Ok(Vec::new())) {
+        Err(refused) => app::error_reply(refused),
         Ok(body) => {
-            let rq = Request {
-                method: &job.method,
-                path: &job.path,
-                cookie: job.cookie.as_deref(),
-                forwarded_for: job.forwarded_for.as_deref(),
-                peer: job.peer,
-                body,
-            };
+            let rq = job.request(&body);
             catch_unwind(AssertUnwindSafe(|| handler(ctx, &rq)))
                 .unwrap_or_else(|_| Reply::internal_error("the handler panicked"))
         }
@@ -421,22 +475,19 @@ fn answer(ctx: &Context<'_>, handler: Handler, job: Job) {
 /// Writes the reply, counts it, and writes the access-log line.
 fn respond(ctx: &Context<'_>, job: Job, reply: Reply) {
     let status = reply.status;
+    let method = printable(&job.method);
     let path = printable(&job.path);
     let failed = reply.log.is_some();
     if let Some(cause) = &reply.log {
-        access_log::line(format_args!(
-            "error: {} {path} {status}: {cause}\n",
-            job.method
-        ));
+        access_log::line(format_args!("error: {method} {path} {status}: {cause}\n"));
     }
-    let _ = write_response(job.request, &reply, job.body.is_ok());
+    let _ = write_response(job.request, &reply);
     ctx.auth
         .shared()
         .metrics
         .request_finished(&job.path, status);
     access_log::line(format_args!(
-        "{} {path} {status} {:.1}ms\n",
-        job.method,
+        "{method} {path} {status} {:.1}ms\n",
         job.started.elapsed().as_secs_f64() * 1000.0
     ));
     if failed {
@@ -483,54 +534,11 @@ mod access_log {
     }
 }
 
-enum BodyError {
-    TooLarge,
-    Unreadable,
-}
-
-/// Reads the body, refusing before reading a byte when the declared length is over `limit`,
-/// and stopping one byte past it when no length was declared (chunked).
-fn read_body(request: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, BodyError> {
-    let declared = request.body_length();
-    if declared.is_some_and(|n| n > limit) {
-        return Err(BodyError::TooLarge);
-    }
-    // Neither a length nor chunked: no body (RFC 9112 6.3), so nothing to read. Most requests.
-    let chunked = || {
-        request
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Transfer-Encoding"))
-    };
-    if declared == Some(0) || (declared.is_none() && !chunked()) {
-        return Ok(Vec::new());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0));
-    let deadline = Instant::now() + BODY_DEADLINE;
-    let mut reader = request.as_reader().take(limit as u64 + 1);
-    let mut chunk = [0u8; 8192];
-    loop {
-        match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(BodyError::Unreadable),
-        }
-        if body.len() > limit {
-            return Err(BodyError::TooLarge);
-        }
-        if Instant::now() > deadline {
-            return Err(BodyError::Unreadable);
-        }
-    }
-    Ok(body)
-}
-
-/// Writes `reply` as one HTTP response, head and body in a single buffer and a single write.
-/// (tiny_http's own `Response` writes each header through a locked writer piece by piece,
-/// which cost more than all of `GET /`'s handling.) The connection's framing stays tiny_http's:
-/// it has already decided from the request whether the connection stays open.
-fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -> io::Result<()> {
+/// Writes `reply` as one HTTP response, head and body in a single buffer handed to tiny_http
+/// in one piece. (tiny_http's own `Response` writes each header piece by piece, which cost more
+/// than all of `GET /`'s handling.) The connection's framing stays tiny_http's: it has already
+/// decided from the request whether the connection stays open, and says so.
+fn write_response(request: tiny_http::Request, reply: &Reply) -> io::Result<()> {
     use std::io::Write;
 
     let common = [
@@ -539,8 +547,12 @@ fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
     ];
+    let closing = request
+        .closes_connection()
+        .then_some(("Connection", "close"));
     let headers = common
         .into_iter()
+        .chain(closing)
         .chain(
             reply
                 .headers
@@ -550,20 +562,6 @@ fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -
         // Values are built by this crate, never copied from a request; a line break would
         // still end the header early, so it is refused here rather than trusted.
         .filter(|(_, value)| !value.bytes().any(|b| b == b'\r' || b == b'\n'));
-
-    if !body_read {
-        // Part of the body is unread (a 413, say). tiny_http's `respond` writes before the
-        // request and its body reader are dropped, and that drop is what skips the unread
-        // rest; `into_writer` would drop the reader first, and so wait for the whole body.
-        let mut response =
-            tiny_http::Response::from_data(reply.body.as_bytes()).with_status_code(reply.status);
-        for (name, value) in headers {
-            if let Ok(header) = tiny_http::Header::from_bytes(name, value) {
-                response.add_header(header);
-            }
-        }
-        return request.respond(response);
-    }
 
     // tiny_http answers requests above HTTP/1.1 itself (505); never claim more than 1.1 anyway.
     let version = request.http_version();
@@ -588,9 +586,8 @@ fn write_response(request: tiny_http::Request, reply: &Reply, body_read: bool) -
     if request.method() != &tiny_http::Method::Head {
         out.extend_from_slice(reply.body.as_bytes());
     }
-    let mut writer = request.into_writer();
-    writer.write_all(&out)?;
-    writer.flush()
+    // Sent when the writer is dropped, without waiting on the client.
+    request.into_writer().write_all(&out)
 }
 
 /// The `Date` header's value (RFC 9110 5.6.7), formatted once a second per thread.

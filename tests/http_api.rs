@@ -456,14 +456,14 @@ fn unknown_paths_are_404_in_json() {
 fn known_paths_with_another_method_are_405_with_allow() {
     let s = TestServer::start();
     let cases = [
-        ("POST", "/", "GET"),
+        ("POST", "/", "GET, HEAD"),
         ("GET", "/users", "POST"),
         ("DELETE", "/users", "POST"),
         ("GET", "/sessions", "POST, DELETE"),
         ("PATCH", "/sessions", "POST, DELETE"),
-        ("POST", "/profile", "GET"),
+        ("POST", "/profile", "GET, HEAD"),
         ("GET", "/reset_password", "POST, PUT"),
-        ("DELETE", "/health", "GET"),
+        ("DELETE", "/health", "GET, HEAD"),
     ];
     for (method, path, allow) in cases {
         let r = s.send(method, path, &[], b"");

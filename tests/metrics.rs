@@ -411,8 +411,7 @@ fn the_in_flight_gauge_counts_requests_being_handled() {
     // A scrape sees itself.
     assert_eq!(Scrape::of(&s).get(IN_FLIGHT), 1.0);
 
-    // A request whose body has not all arrived is in flight until it has. (Over 1 KiB:
-    // tiny_http reads smaller bodies whole before handing the request to a worker.)
+    // A request whose body has not all arrived is in flight from its first byte.
     let body = format!("email=slow@example.com&password=p&pad={}", "x".repeat(2000));
     let head = format!(
         "POST /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\

@@ -1,6 +1,8 @@
 //! Requests that run bcrypt wait on threads of their own: while every one of those is busy,
 //! cheap requests are still answered, and past the lane's capacity bcrypt requests are shed
-//! with 503 and `Retry-After` instead of piling up.
+//! with 503 and `Retry-After` instead of piling up. (What an expected wait past ten seconds
+//! does, with real bcrypt, is in `tests/hostile.rs`; the lane's rules are unit-tested in
+//! `src/slow_lane.rs`.)
 
 mod support;
 
@@ -9,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use auth_service::app::{self, Context, Reply, Request};
+use auth_service::slow_lane::MAX_QUEUED_PER_THREAD;
 use support::*;
 
 /// Holds POST /users until the test opens it; everything else goes to the app.
@@ -25,18 +28,27 @@ fn held_registrations(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
     app::handle(ctx, rq)
 }
 
-fn release() {
-    let (open, opened) = &HELD;
-    *open.lock().unwrap() = true;
-    opened.notify_all();
+/// Opens the held registrations when dropped, so that a failing test cannot leave the lane's
+/// threads held and the server unable to stop.
+struct Release;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (open, opened) = &HELD;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        opened.notify_all();
+    }
 }
 
 #[test]
 fn cheap_requests_are_answered_while_bcrypt_is_saturated_and_the_overflow_is_shed() {
     let s = TestServer::with_handler(held_registrations);
-    // More registrations than the lane's threads and queue can hold (32 a thread, one thread
-    // a core), all held inside the handler or waiting for it.
-    let n = auth_service::config::cores() * 33 + 20;
+    let release = Release;
+    // More registrations than the lane's threads and queue can hold (a thread a core, and
+    // MAX_QUEUED_PER_THREAD waiting for each: at bcrypt cost 4 the count binds before the
+    // expected wait does), all held inside the handler or waiting for it.
+    let capacity = auth_service::config::cores() * (MAX_QUEUED_PER_THREAD + 1);
+    let n = capacity + 20;
     let barrier = Arc::new(Barrier::new(n + 1));
     let threads: Vec<_> = (0..n)
         .map(|i| {
@@ -74,13 +86,13 @@ fn cheap_requests_are_answered_while_bcrypt_is_saturated_and_the_overflow_is_she
             });
         thread::sleep(Duration::from_millis(20));
     }
-    release();
+    drop(release);
 
     let replies: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let busy: Vec<&Resp> = replies.iter().filter(|r| r.status == 503).collect();
     let created = replies.iter().filter(|r| r.status == 200).count();
     assert_eq!(busy.len() + created, n, "only 200 and 503: {replies:?}");
-    assert!(busy.len() >= 20 && created >= auth_service::config::cores() * 32);
+    assert!(busy.len() >= 20 && created >= capacity - auth_service::config::cores());
     for r in busy {
         assert_eq!(r.header("retry-after"), Some("1"));
         assert!(r.json["message"].is_string());

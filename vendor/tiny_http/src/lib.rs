@@ -87,62 +87,114 @@
 //! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
 //! let _ = request.respond(response);
 //! ```
+//! # auth-service's copy
+//!
+//! This is tiny_http 0.12.0 with its connection handling rewritten so that no client can hold
+//! a worker, memory or the accept loop (`README.auth-service.md` in this folder lists every
+//! change). A connection's own thread reads each request in full, head and body, within the
+//! bounds and deadlines of [`Limits`], before a worker can `recv()` it; the worker's answer is
+//! sent without waiting on the client. HTTPS and `Request::upgrade` are gone: the service
+//! speaks plain HTTP behind a TLS proxy.
+
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
 use std::error::Error;
+use std::fs::File;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use client::ClientConnection;
-use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
-pub use request::{ReadWrite, Request};
+pub use limits::Limits;
+pub use request::Request;
 pub use response::{Response, ResponseBox};
-pub use test::TestRequest;
 
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
-mod ssl;
-mod test;
 mod util;
+
+/// auth-service: why a request's body was not read in full. The request still reaches a
+/// worker, to be answered (with the status each variant names), and the connection closes
+/// after that answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyProblem {
+    /// Longer than [`Limits::max_body`]: declared so, or found so while reading chunks (413).
+    TooLarge,
+    /// The body's length cannot be told safely: a `Content-Length` that is not a number, two
+    /// that differ, a `Transfer-Encoding` other than `chunked` alone, both headers at once, or
+    /// a malformed chunk (400).
+    BadFraming,
+    /// It did not arrive within [`Limits::body_timeout`] (408).
+    TimedOut,
+}
 
 /// The main class of this library.
 ///
 /// Destroying this object will immediately close the listening socket and the reading
-///  part of all the client's connections. Requests that have already been returned by
-///  the `recv()` function will not close and the responses will be transferred to the client.
+/// part of all the client's connections. Requests that have already been returned by
+/// the `recv()` function will not close and the responses will be transferred to the client.
 pub struct Server {
-    // should be false as long as the server exists
-    // when set to true, all the subtasks will close within a few hundreds ms
-    close: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 
-    // queue for messages received by child threads
-    messages: Arc<MessagesQueue<Message>>,
+    // the listening socket, also held by the accept thread
+    listener: Arc<Listener>,
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
 }
 
-enum Message {
+/// What the accept thread, the connections' threads and the `Server` share.
+pub(crate) struct Shared {
+    // queue for messages received by child threads
+    pub(crate) messages: MessagesQueue<Message>,
+    pub(crate) limits: Limits,
+    // set once the server stops accepting: connections close after their current answer
+    draining: AtomicBool,
+    // requests from the first byte of their head until their answer is out
+    in_progress: AtomicUsize,
+    open: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(SeqCst)
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.in_progress.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.in_progress.fetch_sub(1, SeqCst);
+    }
+}
+
+/// One open connection, counted against [`Limits::max_connections`] until dropped.
+struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, SeqCst);
+    }
+}
+
+pub(crate) enum Message {
     Error(IoError),
     NewRequest(Request),
 }
@@ -175,7 +227,8 @@ pub struct ServerConfig {
     /// The addresses to try to listen to.
     pub addr: ConfigListenAddr,
 
-    /// If `Some`, then the server will use SSL to encode the communications.
+    /// If `Some`, then the server will use SSL to encode the communications. auth-service:
+    /// this copy has no TLS, so `Some` is an error.
     pub ssl: Option<SslConfig>,
 }
 
@@ -201,25 +254,9 @@ impl Server {
         })
     }
 
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
-        })
-    }
-
+    /// Shortcut for a UNIX socket server at a specific path
     #[cfg(unix)]
     #[inline]
-    /// Shortcut for a UNIX socket server at a specific path
     pub fn http_unix(
         path: &std::path::Path,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
@@ -235,7 +272,7 @@ impl Server {
         Self::from_listener(listener, config.ssl)
     }
 
-    /// Builds a new server using the specified TCP listener.
+    /// Builds a new server using the specified TCP listener, with the default [`Limits`].
     ///
     /// This is useful if you've constructed TcpListener using some less usual method
     /// such as from systemd. For other cases, you probably want the `new()` function.
@@ -243,138 +280,41 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
-        // building the "close" variable
-        let close_trigger = Arc::new(AtomicBool::new(false));
+        if ssl_config.is_some() {
+            return Err("this tiny_http (auth-service's copy) has no TLS".into());
+        }
+        Ok(Self::from_listener_with_limits(
+            listener,
+            Limits::default(),
+        )?)
+    }
 
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
-        };
-
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
-
-        // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
-        let messages = MessagesQueue::with_capacity(8);
-
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        Ok(ClientConnection::new(write_closable, read_closable))
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // auth-service: every connection, not only an HTTPS one, hands
-                                // over its next request only once the last one is answered.
-                                // Pipelined requests otherwise reach the workers all at once,
-                                // and auth-service's slow lane could take a later one before
-                                // an earlier one still queued: the later response then waits
-                                // forever for the earlier one's (responses go out in order),
-                                // and once every lane thread is so stuck no login is answered.
-                                // The wait happens only once the next request has arrived,
-                                // so a client that waits for each answer never pays for it.
-                                let (sender, receiver) = mpsc::channel();
-                                let mut answering = false;
-                                for rq in client {
-                                    if answering && receiver.recv().is_err() {
-                                        break;
-                                    }
-                                    messages.push(rq.with_notify_sender(sender.clone()).into());
-                                    answering = true;
-                                }
-                                // The receiver must outlive the last answer: its sender unwraps.
-                                if answering {
-                                    let _ = receiver.recv();
-                                }
-                            }
-                        }));
-                    }
-
-                    // auth-service: these say nothing about the listening socket, so keep
-                    // accepting. A receive timeout on the listener (which accepted sockets
-                    // inherit) makes accept() fail with WouldBlock after that long without a
-                    // new connection; a client gone before accept() is ConnectionAborted; and
-                    // running out of descriptors passes once connections close.
-                    Err(e) if is_transient_accept_error(&e) => {
-                        log::warn!("Transient error accepting a new client: {}", e);
-                        if is_out_of_resources(&e) {
-                            thread::sleep(Duration::from_millis(50));
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
+    /// auth-service: builds a server on `listener` whose connections are held to `limits`.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        limits: Limits,
+    ) -> IoResult<Server> {
+        let listener = Arc::new(listener.into());
+        let listening_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            messages: MessagesQueue::with_capacity(8),
+            limits,
+            draining: AtomicBool::new(false),
+            in_progress: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
         });
 
-        // result
+        let accept_shared = Arc::clone(&shared);
+        let accept_listener = Arc::clone(&listener);
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || accept_loop(&accept_listener, &accept_shared))?;
+
         Ok(Server {
-            messages,
-            close: close_trigger,
-            listening_addr: local_addr,
+            shared,
+            listener,
+            listening_addr,
         })
     }
 
@@ -394,13 +334,38 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.shared.open.load(Relaxed)
+    }
+
+    /// auth-service: connections closed as soon as they were accepted, since start: past
+    /// [`Limits::max_connections`], or when no thread or descriptor was left for them.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused.load(Relaxed)
+    }
+
+    /// auth-service: requests from the first byte of their head until their answer is out
+    /// (what a graceful stop waits for).
+    pub fn requests_in_progress(&self) -> usize {
+        self.shared.in_progress.load(SeqCst)
+    }
+
+    /// auth-service: stops accepting connections. Connections already open close after
+    /// their current answer; requests already received are still answered.
+    pub fn stop_accepting(&self) {
+        self.shared.draining.store(true, SeqCst);
+        let _ = self.listener.shutdown();
+    }
+
+    /// auth-service: takes no more requests: what is still queued is dropped (each answered
+    /// 503) and every thread blocked in `recv` returns an error.
+    pub fn close(&self) {
+        self.stop_accepting();
+        self.shared.messages.close();
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
     pub fn recv(&self) -> IoResult<Request> {
-        match self.messages.pop() {
+        match self.shared.messages.pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
             None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
@@ -409,7 +374,7 @@ impl Server {
 
     /// Same as `recv()` but doesn't block longer than timeout
     pub fn recv_timeout(&self, timeout: Duration) -> IoResult<Option<Request>> {
-        match self.messages.pop_timeout(timeout) {
+        match self.shared.messages.pop_timeout(timeout) {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(Some(rq)),
             None => Ok(None),
@@ -418,18 +383,16 @@ impl Server {
 
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
-        match self.messages.try_pop() {
+        match self.shared.messages.try_pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(Some(rq)),
             None => Ok(None),
         }
     }
 
-    /// Unblock thread stuck in recv() or incoming_requests().
-    /// If there are several such threads, only one is unblocked.
-    /// This method allows graceful shutdown of server.
+    /// Unblock one thread stuck in recv() or incoming_requests().
     pub fn unblock(&self) {
-        self.messages.unblock();
+        self.shared.messages.unblock();
     }
 }
 
@@ -440,7 +403,81 @@ impl Iterator for IncomingRequests<'_> {
     }
 }
 
-/// auth-service: an accept() failure after which the listening socket still works.
+/// auth-service: accepts connections until the server stops, each served by a thread of a
+/// pool. Past `max_connections`, or when no thread or descriptor is left, the new connection
+/// is closed at once and the loop goes on. An error that says the listening socket itself is
+/// gone ends the loop, and then `recv` reports it, so that the program can stop rather than
+/// wait for requests that will never come; a panic does the same.
+fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
+    /// Reports the end of the loop to `recv` unless the server is stopping.
+    struct Ended<'a>(&'a Shared);
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            if !self.0.draining() {
+                let e = IoError::new(IoErrorKind::Other, "the accept loop ended");
+                let _ = self.0.messages.push(e.into());
+            }
+        }
+    }
+    let ended = Ended(shared);
+
+    let pool = util::TaskPool::new(shared.limits.connection_stack);
+    // A descriptor kept in reserve: when accept() fails for want of descriptors, closing this
+    // one lets the waiting connection be accepted and closed, instead of left in the backlog.
+    let mut spare = File::open("/dev/null").ok();
+    loop {
+        let (stream, remote_addr) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(_) if shared.draining() => break,
+            Err(e) if is_out_of_descriptors(&e) => {
+                shared.refused.fetch_add(1, Relaxed);
+                match spare.take() {
+                    Some(file) => {
+                        drop(file);
+                        drop(listener.accept());
+                    }
+                    None => thread::sleep(Duration::from_millis(50)),
+                }
+                spare = File::open("/dev/null").ok();
+                continue;
+            }
+            Err(e) if is_transient_accept_error(&e) => {
+                if is_out_of_memory(&e) {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            Err(e) => {
+                let _ = shared.messages.push(e.into());
+                std::mem::forget(ended);
+                return;
+            }
+        };
+        if shared.draining() {
+            break;
+        }
+        if shared.open.fetch_add(1, SeqCst) >= shared.limits.max_connections {
+            shared.open.fetch_sub(1, SeqCst);
+            shared.refused.fetch_add(1, Relaxed);
+            continue;
+        }
+        let open = OpenConnection(Arc::clone(shared));
+        let connection_shared = Arc::clone(shared);
+        let task = Box::new(move || {
+            let _open = open;
+            ClientConnection::new(stream, remote_addr, connection_shared).serve();
+        });
+        // No thread for it: the task, and the connection in it, are dropped (closed).
+        if pool.spawn(task).is_err() {
+            shared.refused.fetch_add(1, Relaxed);
+        }
+    }
+    drop(ended);
+}
+
+/// auth-service: accept() errors that say nothing about the listening socket. Upstream
+/// stopped the server for good on any error, such as a client gone before its connection was
+/// accepted.
 fn is_transient_accept_error(e: &IoError) -> bool {
     matches!(
         e.kind(),
@@ -449,30 +486,22 @@ fn is_transient_accept_error(e: &IoError) -> bool {
             | IoErrorKind::Interrupted
             | IoErrorKind::ConnectionAborted
             | IoErrorKind::ConnectionReset
-    ) || is_out_of_resources(e)
+    ) || is_out_of_memory(e)
 }
 
-/// auth-service: EMFILE, ENFILE, ENOBUFS or ENOMEM (Linux numbers), worth a short pause.
-fn is_out_of_resources(e: &IoError) -> bool {
-    cfg!(target_os = "linux") && matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
+/// EMFILE or ENFILE.
+fn is_out_of_descriptors(e: &IoError) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// ENOBUFS or ENOMEM: passes once connections close.
+fn is_out_of_memory(e: &IoError) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::ENOMEM))
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.close.store(true, Relaxed);
-        // Connect briefly to ourselves to unblock the accept thread
-        let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
-            #[cfg(unix)]
-            ListenAddr::Unix(addr) => {
-                // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
-            }
-        };
-        if let Ok(stream) = maybe_stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.close();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {

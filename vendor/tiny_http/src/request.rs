@@ -1,63 +1,39 @@
-use std::io::Error as IoError;
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::str::FromStr;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::Thread;
 
-use std::sync::mpsc::Sender;
-
-use crate::util::{EqualReader, FusedReader};
-use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
+use crate::connection::Connection;
+use crate::{BodyProblem, HTTPVersion, Header, Method, Response, Shared};
 
 /// Represents an HTTP request made by a client.
 ///
-/// A `Request` object is what is produced by the server, and is your what
-/// your code must analyse and answer.
+/// A `Request` object is what is produced by the server, and is your what your code must
+/// analyse and answer.
 ///
 /// This object implements the `Send` trait, therefore you can dispatch your requests to
 /// worker threads.
 ///
-/// # Pipelining
+/// # auth-service: complete requests
 ///
-/// If a client sends multiple requests in a row (without waiting for the response), then you will
-/// get multiple `Request` objects simultaneously. This is called *requests pipelining*.
-/// Tiny-http automatically reorders the responses so that you don't need to worry about the order
-/// in which you call `respond` or `into_writer`.
+/// The request arrives with its body already read in full by its connection's thread, so
+/// nothing a worker does with it waits on the client: [`as_reader`](Request::as_reader) reads
+/// from memory, and the answer ([`respond`](Request::respond) or what is written to
+/// [`into_writer`](Request::into_writer)) is sent when it is complete, without waiting (see
+/// [`Answer`]). A body that could not be read is reported by
+/// [`body_problem`](Request::body_problem), and the connection closes after the answer.
 ///
-/// This mechanic is disabled if:
-///
-///  - The body of a request is large enough (handling requires pipelining requires storing the
-///    body of the request in a buffer ; if the body is too big, tiny-http will avoid doing that)
-///  - A request sends a `Expect: 100-continue` header (which means that the client waits to
-///    know whether its body will be processed before sending it)
-///  - A request sends a `Connection: close` header or `Connection: upgrade` header (used for
-///    websockets), which indicates that this is the last request that will be received on this
-///    connection
-///
-/// # Automatic cleanup
-///
-/// If a `Request` object is destroyed without `into_writer` or `respond` being called,
-/// an empty response with a 500 status code (internal server error) will automatically be
-/// sent back to the client.
-/// This means that if your code fails during the handling of a request, this "internal server
-/// error" response will automatically be sent during the stack unwinding.
-///
-/// # Testing
-///
-/// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
+/// If a `Request` object is dropped without `respond` being called, a JSON 503 is sent.
 pub struct Request {
-    // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    body: Cursor<Vec<u8>>,
+    body_problem: Option<BodyProblem>,
 
     // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    answer: Option<AnswerWriter>,
 
     remote_addr: Option<SocketAddr>,
-
-    // true if HTTPS, false if HTTP
-    secure: bool,
 
     method: Method,
 
@@ -67,188 +43,145 @@ pub struct Request {
 
     headers: Vec<Header>,
 
-    body_length: Option<usize>,
-
-    // true if a `100 Continue` response must be sent when `as_reader()` is called
-    must_send_continue: bool,
-
-    // If Some, a message must be sent after responding
-    notify_when_responded: Option<Sender<()>>,
+    closes_connection: bool,
 }
 
-struct NotifyOnDrop<R> {
-    sender: Sender<()>,
-    inner: R,
+/// auth-service: what a connection's thread and the worker answering its request share.
+pub(crate) struct Link {
+    pub(crate) stream: Connection,
+    answer: Mutex<Answer>,
+    /// The connection's thread, woken when an answer is done.
+    thread: Thread,
 }
 
-impl<R: Read> Read for NotifyOnDrop<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+/// auth-service: where a connection's last request stands.
+pub(crate) enum Answer {
+    /// No request of this connection is with a worker.
+    Idle,
+    /// A worker has the request.
+    Pending,
+    /// The worker's answer went out whole.
+    Sent,
+    /// The socket would not take the whole answer without waiting: the rest, for the
+    /// connection's thread to write (the connection then closes), and the count of requests
+    /// in progress that it still belongs to.
+    Unsent(Vec<u8>, InFlight),
+}
+
+impl Link {
+    /// A link for `stream`, whose answers wake the calling thread.
+    pub(crate) fn new(stream: Connection) -> Link {
+        Link {
+            stream,
+            answer: Mutex::new(Answer::Idle),
+            thread: std::thread::current(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Answer> {
+        self.answer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
-impl<R: Write> Write for NotifyOnDrop<R> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+
+/// auth-service: one request counted as in progress (see `Server::requests_in_progress`) from
+/// the first byte of its head until its answer is out.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    pub(crate) fn new(shared: &Arc<Shared>) -> InFlight {
+        shared.request_started();
+        InFlight(Arc::clone(shared))
     }
 }
-impl<R> Drop for NotifyOnDrop<R> {
+
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        self.0.request_finished();
     }
 }
 
-/// Error that can happen when building a `Request` object.
-#[derive(Debug)]
-pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
+/// auth-service: a worker's answer, gathered in memory and sent when the writer is dropped.
+///
+/// The bytes go out in one `send` that does not wait: a client that reads its answers (and
+/// one that does not, while its socket buffers have room) gets them from the worker at once,
+/// with no further hand-off. When the socket will not take them all, the rest goes back to
+/// the connection's thread, which writes it under the write deadline and closes the
+/// connection; reading is shut down here so that a thread blocked reading the next request
+/// wakes up to do so. The worker never waits.
+struct AnswerWriter {
+    link: Arc<Link>,
+    bytes: Vec<u8>,
+    in_flight: Option<InFlight>,
 }
 
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
+impl Write for AnswerWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
-/// Builds a new request.
-///
-/// After the request line and headers have been read from the socket, a new `Request` object
-/// is built.
-///
-/// You must pass a `Read` that will allow the `Request` object to read from the incoming data.
-/// It is the responsibility of the `Request` to read only the data of the request and not further.
-///
-/// The `Write` object will be used by the `Request` to write the response.
-#[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
-    secure: bool,
-    method: Method,
-    path: String,
-    version: HTTPVersion,
-    headers: Vec<Header>,
-    remote_addr: Option<SocketAddr>,
-    mut source_data: R,
-    writer: W,
-) -> Result<Request, RequestCreationError>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static,
-{
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            // auth-service: an HTTP/1.0 client knows no 100 Continue, and a server must ignore
-            // its expectations (RFC 9110, 10.1.1); upstream sent it "HTTP/1.0 100 Continue".
-            Some(_) if version < (1, 1) => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
-    };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
-            }
-
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+impl Drop for AnswerWriter {
+    fn drop(&mut self) {
+        let sent = self.link.stream.send_without_waiting(&self.bytes);
+        let mut answer = self.link.lock();
+        if sent == self.bytes.len() {
+            *answer = Answer::Sent;
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
+            let rest = self.bytes.split_off(sent);
+            let in_flight = self.in_flight.take().expect("an answer is sent once");
+            *answer = Answer::Unsent(rest, in_flight);
+            let _ = self.link.stream.shutdown(Shutdown::Read);
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-    };
-
-    Ok(Request {
-        data_reader: Some(reader),
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
-        remote_addr,
-        secure,
-        method,
-        path,
-        http_version: version,
-        headers,
-        body_length: content_length,
-        must_send_continue: expects_continue,
-        notify_when_responded: None,
-    })
+        drop(answer);
+        self.link.thread.unpark();
+    }
 }
 
 impl Request {
-    /// Returns true if the request was made through HTTPS.
+    /// auth-service: a request read in full by its connection's thread.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        link: Arc<Link>,
+        in_flight: InFlight,
+        method: Method,
+        path: String,
+        http_version: HTTPVersion,
+        headers: Vec<Header>,
+        remote_addr: Option<SocketAddr>,
+        body: Result<Vec<u8>, BodyProblem>,
+        closes_connection: bool,
+    ) -> Request {
+        let (body, body_problem) = match body {
+            Ok(body) => (body, None),
+            Err(problem) => (Vec::new(), Some(problem)),
+        };
+        Request {
+            body: Cursor::new(body),
+            body_problem,
+            answer: Some(AnswerWriter {
+                link,
+                bytes: Vec::new(),
+                in_flight: Some(in_flight),
+            }),
+            remote_addr,
+            method,
+            path,
+            http_version,
+            headers,
+            closes_connection,
+        }
+    }
+
+    /// Returns true if the request was made through HTTPS. auth-service: never (this copy
+    /// serves plain HTTP only, behind a TLS proxy).
     #[inline]
     pub fn secure(&self) -> bool {
-        self.secure
+        false
     }
 
     /// Returns the method requested by the client (eg. `GET`, `POST`, etc.).
@@ -263,7 +196,7 @@ impl Request {
         &self.path
     }
 
-    /// Returns a list of all headers sent by the client.
+    /// Returns a list of all headers sent by client.
     #[inline]
     pub fn headers(&self) -> &[Header] {
         &self.headers
@@ -275,206 +208,75 @@ impl Request {
         &self.http_version
     }
 
-    /// Returns the length of the body in bytes.
-    ///
-    /// Returns `None` if the length is unknown.
+    /// Returns the length of the body in bytes; `None` when it could not be read (see
+    /// [`body_problem`](Request::body_problem)).
     #[inline]
     pub fn body_length(&self) -> Option<usize> {
-        self.body_length
+        match self.body_problem {
+            None => Some(self.body.get_ref().len()),
+            Some(_) => None,
+        }
+    }
+
+    /// auth-service: why the body could not be read in full, if it could not. The request is
+    /// then answered without one, and the connection closes after the answer.
+    #[inline]
+    pub fn body_problem(&self) -> Option<BodyProblem> {
+        self.body_problem
+    }
+
+    /// auth-service: whether the connection closes after this request's answer (the client
+    /// asked for it, spoke HTTP/1.0 without keep-alive, or its body was refused): an answer
+    /// may say so with `Connection: close`.
+    #[inline]
+    pub fn closes_connection(&self) -> bool {
+        self.closes_connection
     }
 
     /// Returns the address of the client that sent this request.
     ///
     /// The address is always `Some` for TCP listeners, but always `None` for UNIX listeners
     /// (as the remote address of a UNIX client is almost always unnamed).
-    ///
-    /// Note that this is gathered from the socket. If you receive the request from a proxy,
-    /// this function will return the address of the proxy and not the address of the actual
-    /// user.
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
     }
 
-    /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
-    ///
-    /// The main purpose of this function is to support websockets.
-    /// If you detect that the request wants to use some kind of protocol upgrade, you can
-    ///  call this function to obtain full control of the socket stream.
-    ///
-    /// If you call this on a non-websocket request, tiny-http will wait until this `Stream` object
-    ///  is destroyed before continuing to read or write on the socket. Therefore you should always
-    ///  destroy it as soon as possible.
-    pub fn upgrade<R: Read>(
-        mut self,
-        protocol: &str,
-        response: Response<R>,
-    ) -> Box<dyn ReadWrite + Send> {
-        use crate::util::CustomStream;
-
-        response
-            .raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                false,
-                Some(protocol),
-            )
-            .ok(); // TODO: unused result
-
-        self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
-
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
-        if let Some(sender) = self.notify_when_responded.take() {
-            let stream = NotifyOnDrop {
-                sender,
-                inner: stream,
-            };
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        } else {
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        }
-    }
-
-    /// Allows to read the body of the request.
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// # extern crate rustc_serialize;
-    /// # extern crate tiny_http;
-    /// # use rustc_serialize::json::Json;
-    /// # use std::io::Read;
-    /// # fn get_content_type(_: &tiny_http::Request) -> &'static str { "" }
-    /// # fn main() {
-    /// # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-    /// let mut request = server.recv().unwrap();
-    ///
-    /// if get_content_type(&request) == "application/json" {
-    ///     let mut content = String::new();
-    ///     request.as_reader().read_to_string(&mut content).unwrap();
-    ///     let json: Json = content.parse().unwrap();
-    /// }
-    /// # }
-    /// ```
-    ///
-    /// If the client sent a `Expect: 100-continue` header with the request, calling this
-    ///  function will send back a `100 Continue` response.
+    /// Allows to read the body of the request (already in memory).
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
-            self.must_send_continue = false;
-        }
-
-        self.data_reader.as_mut().unwrap()
+        &mut self.body
     }
 
-    /// Turns the `Request` into a writer.
-    ///
-    /// The writer has a raw access to the stream to the user.
-    /// This function is useful for things like CGI.
-    ///
-    /// Note that the destruction of the `Writer` object may trigger
-    /// some events. For exemple if a client has sent multiple requests and the requests
-    /// have been processed in parallel, the destruction of a writer will trigger
-    /// the writing of the next response.
-    /// Therefore you should always destroy the `Writer` as soon as possible.
+    /// Turns the `Request` into a writer for a raw answer (status line, headers and body),
+    /// which is sent when the writer is dropped.
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
-        if let Some(sender) = self.notify_when_responded.take() {
-            let writer = NotifyOnDrop {
-                sender,
-                inner: writer,
-            };
-            Box::new(writer) as Box<dyn Write + Send + 'static>
-        } else {
-            writer
-        }
-    }
-
-    /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
-    /// as the object returned by `into_writer` above.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
-        use std::mem;
-
-        assert!(self.response_writer.is_some());
-
-        let mut writer = None;
-        mem::swap(&mut self.response_writer, &mut writer);
-        writer.unwrap()
-    }
-
-    /// Extract the body `Reader` object from the Request.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
-        use std::mem;
-
-        assert!(self.data_reader.is_some());
-
-        let mut reader = None;
-        mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
+        Box::new(self.answer.take().expect("a request is answered once"))
     }
 
     /// Sends a response to this request.
     #[inline]
-    pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
+    pub fn respond<R>(mut self, response: Response<R>) -> Result<(), io::Error>
     where
         R: Read,
     {
-        let res = self.respond_impl(response);
-        if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
-        }
-        res
+        self.respond_impl(response)
     }
 
-    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
+    fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), io::Error>
     where
         R: Read,
     {
-        let mut writer = self.extract_writer_impl();
-
+        let mut writer = self.answer.take().expect("a request is answered once");
         let do_not_send_body = self.method == Method::Head;
-
-        Self::ignore_client_closing_errors(response.raw_print(
-            writer.by_ref(),
+        response.raw_print(
+            &mut writer,
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
-        ))?;
-
-        Self::ignore_client_closing_errors(writer.flush())
-    }
-
-    fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
-        result.or_else(|err| match err.kind() {
-            ErrorKind::BrokenPipe => Ok(()),
-            ErrorKind::ConnectionAborted => Ok(()),
-            ErrorKind::ConnectionRefused => Ok(()),
-            ErrorKind::ConnectionReset => Ok(()),
-            _ => Err(err),
-        })
-    }
-
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
-        self.notify_when_responded = Some(sender);
-        self
+        )
     }
 }
 
@@ -490,21 +292,18 @@ impl fmt::Debug for Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
-        if self.response_writer.is_some() {
-            let response = Response::empty(500);
+        if self.answer.is_some() {
+            let body = r#"{"message":"service unavailable"}"#;
+            let response = Response::from_string(body)
+                .with_status_code(503)
+                .with_header(crate::Header {
+                    field: "Content-Type".parse().expect("a valid header name"),
+                    value: "application/json".parse().expect("a valid header value"),
+                });
             let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
-            }
         }
     }
 }
-
-/// Dummy trait that regroups the `Read` and `Write` traits.
-///
-/// Automatically implemented on all types that implement both `Read` and `Write`.
-pub trait ReadWrite: Read + Write {}
-impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {

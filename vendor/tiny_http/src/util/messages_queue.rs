@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 enum Control<T> {
@@ -7,90 +7,120 @@ enum Control<T> {
     Unblock,
 }
 
+/// The queue of requests between the connections' threads and the workers.
+///
+/// auth-service: it can be closed. A closed queue takes nothing more (`push` hands the value
+/// back), drops what it held, and wakes every thread waiting on it: so a server that stops can
+/// neither leave a worker waiting nor a request unanswered in the queue.
 pub struct MessagesQueue<T>
 where
     T: Send,
 {
-    queue: Mutex<VecDeque<Control<T>>>,
+    queue: Mutex<State<T>>,
     condvar: Condvar,
+}
+
+struct State<T> {
+    items: VecDeque<Control<T>>,
+    closed: bool,
 }
 
 impl<T> MessagesQueue<T>
 where
     T: Send,
 {
-    pub fn with_capacity(capacity: usize) -> Arc<MessagesQueue<T>> {
-        Arc::new(MessagesQueue {
-            queue: Mutex::new(VecDeque::with_capacity(capacity)),
+    pub fn with_capacity(capacity: usize) -> MessagesQueue<T> {
+        MessagesQueue {
+            queue: Mutex::new(State {
+                items: VecDeque::with_capacity(capacity),
+                closed: false,
+            }),
             condvar: Condvar::new(),
-        })
+        }
     }
 
-    /// Pushes an element to the queue.
-    pub fn push(&self, value: T) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Elem(value));
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pushes an element to the queue; hands it back when the queue is closed.
+    pub fn push(&self, value: T) -> Result<(), T> {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(value);
+        }
+        queue.items.push_back(Control::Elem(value));
         self.condvar.notify_one();
+        Ok(())
     }
 
-    /// Unblock one thread stuck in pop loop.
+    /// Wakes up one thread blocked in `pop`, which returns `None`.
     pub fn unblock(&self) {
-        let mut queue = self.queue.lock().unwrap();
-        queue.push_back(Control::Unblock);
+        let mut queue = self.lock();
+        queue.items.push_back(Control::Unblock);
         self.condvar.notify_one();
     }
 
-    /// Pops an element. Blocks until one is available.
-    /// Returns None in case unblock() was issued.
+    /// Takes nothing more, drops what is queued, and wakes every waiting thread.
+    pub fn close(&self) {
+        let dropped = {
+            let mut queue = self.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.items)
+        };
+        self.condvar.notify_all();
+        // Dropped outside the lock: dropping a request answers it.
+        drop(dropped);
+    }
+
+    /// Pops an element from the queue; `None` when unblocked or closed.
     pub fn pop(&self) -> Option<T> {
-        let mut queue = self.queue.lock().unwrap();
+        let mut queue = self.lock();
 
         loop {
-            match queue.pop_front() {
+            match queue.items.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
+                None if queue.closed => return None,
                 None => (),
             }
 
-            queue = self.condvar.wait(queue).unwrap();
+            queue = self
+                .condvar
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
     /// Tries to pop an element without blocking.
     pub fn try_pop(&self) -> Option<T> {
-        let mut queue = self.queue.lock().unwrap();
-        match queue.pop_front() {
+        let mut queue = self.lock();
+        match queue.items.pop_front() {
             Some(Control::Elem(value)) => Some(value),
             Some(Control::Unblock) | None => None,
         }
     }
 
-    /// Tries to pop an element without blocking
-    /// more than the specified timeout duration
-    /// or unblock() was issued
+    /// Tries to pop an element, waiting at most `timeout`.
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
-        let mut queue = self.queue.lock().unwrap();
-        let mut duration = timeout;
+        let deadline = Instant::now() + timeout;
+        let mut queue = self.lock();
         loop {
-            match queue.pop_front() {
+            match queue.items.pop_front() {
                 Some(Control::Elem(value)) => return Some(value),
                 Some(Control::Unblock) => return None,
+                None if queue.closed => return None,
                 None => (),
             }
-            let now = Instant::now();
-            let (_queue, result) = self.condvar.wait_timeout(queue, timeout).unwrap();
-            queue = _queue;
-            let sleep_time = now.elapsed();
-            duration = if duration > sleep_time {
-                duration - sleep_time
-            } else {
-                Duration::from_millis(0)
-            };
-            if result.timed_out()
-                || (duration.as_secs() == 0 && duration.subsec_nanos() < 1_000_000)
-            {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return None;
             }
+            queue = self
+                .condvar
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }
