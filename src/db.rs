@@ -161,16 +161,6 @@ impl Db {
         })
     }
 
-    /// Saves many users in one transaction: for seeding large databases (benchmarks, imports),
-    /// where a commit per row would cost a disk flush per row.
-    pub fn add_users<'a>(
-        &mut self,
-        users: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<(), DbError> {
-        let users: Vec<(&str, &str)> = users.into_iter().collect();
-        on_store!(&mut self.store, s => s.add_users(&users))
-    }
-
     /// The first user matching every `(column, value)` filter. Emails match in any ASCII case.
     ///
     /// Errors: [`DbError::NoResultFound`] when none matches; [`DbError::InvalidRequest`] when a

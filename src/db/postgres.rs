@@ -170,17 +170,6 @@ impl Postgres {
         first(rows).map(|row| row.get(0))
     }
 
-    pub(super) fn add_users(&mut self, users: &[(&str, &str)]) -> Result<(), DbError> {
-        self.run(|c| {
-            let mut tx = c.client.transaction()?;
-            let stmt = tx.prepare("INSERT INTO users (email, hashed_password) VALUES ($1, $2)")?;
-            for (email, hash) in users {
-                tx.execute(&stmt, &[email, hash])?;
-            }
-            tx.commit()
-        })
-    }
-
     pub(super) fn find_user_by(&self, filters: &[(&str, Value)]) -> Result<Option<User>, DbError> {
         // A value that cannot be of its column's type matches no row, as in SQLite.
         let Some(params) = filters

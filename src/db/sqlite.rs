@@ -113,19 +113,6 @@ impl Sqlite {
         Ok(self.conn.last_insert_rowid())
     }
 
-    pub(super) fn add_users(&mut self, users: &[(&str, &str)]) -> Result<(), DbError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO users (email, hashed_password) VALUES (?1, ?2)")?;
-            for (email, hash) in users {
-                stmt.execute(params![email, hash])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     pub(super) fn find_user_by(&self, filters: &[(&str, Value)]) -> Result<Option<User>, DbError> {
         let sql = format!(
             "{SELECT_USER} WHERE {} ORDER BY id LIMIT 1",

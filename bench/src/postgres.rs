@@ -5,8 +5,9 @@
 //! request's cost goes, and what a database core can serve once the instances move to hosts of
 //! their own.
 //!
-//! The binary is `target/pg/release/auth-service`, built with the feature (the target
-//! directory keeps it apart from the default build the other sections measure). The database is
+//! The binary is `target/pg/release/auth-service` in the repository, built with the service's
+//! `postgres` feature (the target directory keeps it apart from the default build the other
+//! sections measure). The database is
 //! a fresh one on the server `--postgres URL` names (its user must be allowed to create
 //! databases), or else on a throwaway cluster of the newest PostgreSQL installed under
 //! `/usr/lib/postgresql` (Debian's `postgresql` package), started on a free loopback port with
@@ -18,12 +19,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+// `::`: the crate, not this module of the same name.
+use ::postgres::{Client, NoTls};
 use serde_json::json;
 
-use super::{
-    best_of, cargo_build, cpu_note, log_in_users, login_requests, profile_requests, seed,
-    time_verify, Fallible, Load, LoadResult, Processes, Row, Run, Server, PASSWORD,
-};
+use crate::data::{create_schema, email, log_in_users, login_requests, profile_requests, seed};
+use crate::load::{cpu_note, Load, LoadResult, Processes};
+use crate::report::{thousands, Row};
+use crate::sections::{best_of, time_verify};
+use crate::server::{self, Server};
+use crate::{Fallible, Run, PASSWORD};
 
 /// The bcrypt cost of the seeded users: the logins section's cheaper cost, so that a login's
 /// database work is a visible share of it.
@@ -35,7 +40,8 @@ const LOGIN_CLIENTS: usize = 8;
 
 pub fn postgres(run: &mut Run) -> Fallible<()> {
     let o = run.o;
-    let binary = postgres_binary(o.build)?;
+    let target = server::repository().join("target/pg");
+    let binary = server::service_binary(&target, &["--features", "postgres"], o.build)?;
     let (cluster, server_url) = match &o.postgres {
         Some(url) => (None, url.clone()),
         None => {
@@ -47,10 +53,11 @@ pub fn postgres(run: &mut Run) -> Fallible<()> {
 
     let hash = bcrypt::hash(PASSWORD, COST)?;
     let sqlite = run.scratch.path("postgres-column.db");
-    seed(&sqlite, USERS, &hash)?;
+    seed(&binary, &sqlite, USERS, &hash)?;
     let database = Database::create(&server_url)?;
     let shared = PathBuf::from(&database.url);
-    seed(&shared, USERS, &hash)?;
+    create_schema(&binary, &shared)?;
+    database.add_users(USERS, &hash)?;
 
     let on_sqlite = Server::service(&binary, &sqlite, COST, o.workers)?;
     let first = Server::service(&binary, &shared, COST, o.workers)?;
@@ -181,25 +188,10 @@ fn per_database_core(r: &LoadResult) -> String {
     match r.cpu_us_per_answer("PostgreSQL") {
         Some(us) if us > 0.0 => format!(
             "one PostgreSQL core serves at most {}/s of these",
-            super::thousands(1e6 / us)
+            thousands(1e6 / us)
         ),
         _ => String::new(),
     }
-}
-
-/// `target/pg/release/auth-service`, built with the `postgres` feature first unless
-/// `--no-build`.
-fn postgres_binary(build: bool) -> Fallible<PathBuf> {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pg");
-    if build {
-        let target = target.display().to_string();
-        cargo_build(&["--features", "postgres", "--target-dir", &target])?;
-    }
-    let binary = target.join("release/auth-service");
-    if !binary.exists() {
-        return Err(format!("no {}: build it, or drop --no-build", binary.display()).into());
-    }
-    Ok(binary)
 }
 
 /// A database of its own on a PostgreSQL server, dropped at the end.
@@ -213,7 +205,7 @@ impl Database {
     fn create(server: &str) -> Fallible<Database> {
         let name = format!("auth_bench_{}", std::process::id());
         let sql = format!("CREATE DATABASE {name}");
-        postgres::Client::connect(server, postgres::NoTls)
+        Client::connect(server, NoTls)
             .and_then(|mut client| client.batch_execute(&sql))
             // postgres::Error shows only "db error"; the server's message says what went wrong.
             .map_err(|e| match e.as_db_error() {
@@ -228,9 +220,25 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Adds `n` users as `data::seed` does in SQLite: `user{i}@bench.example`, all with the one
+    /// `hash`, in one transaction; the other columns of `users` (schema.postgres.sql) are the
+    /// id, which PostgreSQL assigns, and a session and a reset token, which start empty.
+    fn add_users(&self, n: usize, hash: &str) -> Fallible<()> {
+        let mut client = Client::connect(&self.url, NoTls)?;
+        let mut tx = client.transaction()?;
+        let insert = tx.prepare("INSERT INTO users (email, hashed_password) VALUES ($1, $2)")?;
+        for i in 0..n {
+            tx.execute(&insert, &[&email(i), &hash])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.server, postgres::NoTls) {
+        if let Ok(mut client) = Client::connect(&self.server, NoTls) {
             let _ = client.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
