@@ -267,7 +267,20 @@ impl Drop for TestServer {
     }
 }
 
-/// The real `auth-service` binary as a child process, its stderr collected.
+/// The binary [`ChildServer`] runs: this package's `auth-service`, or the path in the
+/// environment variable `AUTH_TEST_BINARY` when it is set, so that the black-box tests can
+/// judge another build, for example an older binary that must fail `tests/hostile.rs`:
+/// `AUTH_TEST_BINARY=/path/to/old/auth-service cargo test --test hostile`. Settings that an
+/// old binary may not know go to the child as `AUTH_*` variables, which it ignores, rather
+/// than as flags, which it would refuse.
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("AUTH_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_auth-service")))
+}
+
+/// The real `auth-service` binary (see [`server_binary`]) as a child process, its stderr
+/// collected.
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
@@ -304,7 +317,30 @@ impl ChildServer {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ChildServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_auth-service"))
+        ChildServer::start_wrapped(dir, db, &[], &server_binary(), args, env)
+    }
+
+    /// [`ChildServer::start_with_env`] running `program` (the server binary, or a copy of it)
+    /// through the command `wrapper`, which must exec it in place so that the child's pid is
+    /// the server's: `["prlimit", "--nofile=64:64", "--"]` starts `prlimit --nofile=64:64 --
+    /// <program> --bind ...`. An empty `wrapper` runs `program` itself.
+    pub fn start_wrapped(
+        dir: TempDir,
+        db: &Path,
+        wrapper: &[&str],
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ChildServer {
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        let mut child = command
             .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
             .arg(test_db(db))
             .args(args)
