@@ -655,7 +655,7 @@ fn script(dir: &Path, name: &str, body: &str) -> String {
 /// answered 413 at once and its connection closed soon after, and probes are answered
 /// throughout.
 ///
-/// Today: the 413 goes out, then the worker stays on the connection to drain the body it
+/// Before the fix: the 413 goes out, then the worker stays on the connection to drain the body it
 /// refused (tiny_http's reader drops by reading to the declared end), so each attacker holds a
 /// worker indefinitely: attackers past the eighth get no 413 within a second, no connection is
 /// closed, and every probe times out.
@@ -706,7 +706,7 @@ fn huge_declared_bodies_are_refused_and_closed_without_holding_a_worker() {
 /// free (probes answered throughout); the server waits for the bodies (30 s) without
 /// answering them early.
 ///
-/// Today: each stalled body holds a worker (the worker reads the body), so with 8 workers
+/// Before the fix: each stalled body holds a worker (the worker reads the body), so with 8 workers
 /// held every probe times out.
 #[test]
 fn stalled_bodies_do_not_hold_workers() {
@@ -744,7 +744,7 @@ fn stalled_bodies_do_not_hold_workers() {
 /// exactly `HTTP/1.1 100 Continue\r\n\r\n` (no header lines), and probes are answered
 /// throughout; a client that then sends its body gets its answer.
 ///
-/// Today: 100 Continue is sent only when a worker starts reading the body, so eight attackers
+/// Before the fix: 100 Continue is sent only when a worker starts reading the body, so eight attackers
 /// hold the eight workers (probes time out, the others get nothing), and it carries headers
 /// (`Date`, `Server`, `Content-Length`).
 #[test]
@@ -814,7 +814,7 @@ fn expect_continue_without_a_body_gets_a_bare_100_and_holds_no_worker() {
 /// probes are answered; and chunk-size lines over 4096 bytes (100 KiB of leading zeros, or of
 /// a chunk extension) answered 400 and closed.
 ///
-/// Today: each trickled chunk-size line holds the worker that reads the body, so probes time
+/// Before the fix: each trickled chunk-size line holds the worker that reads the body, so probes time
 /// out; and the long lines are read whole (leading zeros parse, extensions are skipped): both
 /// registrations succeed (200) on a connection that stays open.
 #[test]
@@ -943,7 +943,7 @@ fn flood(server: &ChildServer, start: &[u8], unit: &[u8], total: usize) -> Flood
 /// stays under 64 MiB throughout. "The first few KiB" as a client can see it: the connection
 /// takes at most 16 MiB before it fails, which is what the kernel's buffers can hold.
 ///
-/// Today: no bound at all. The long request line is a 404, the big and many-field heads 200
+/// Before the fix: no bound at all. The long request line is a 404, the big and many-field heads 200
 /// (and the connections stay open); the floods are read and kept in memory until the server
 /// passes 64 MiB (the test stops there; its peak was 118 MiB), with no answer.
 #[test]
@@ -1029,7 +1029,7 @@ fn oversized_heads_are_refused_early_and_memory_stays_bounded() {
 /// 408 (or just closed) within about 4 s of its first byte, and ten of them never delay a
 /// probe.
 ///
-/// Today: there is no deadline for a head, only the 30 s socket timeout between two reads, so
+/// Before the fix: there is no deadline for a head, only the 30 s socket timeout between two reads, so
 /// a byte a second keeps every one of them open.
 #[test]
 fn trickled_heads_meet_the_header_timeout() {
@@ -1066,7 +1066,7 @@ fn trickled_heads_meet_the_header_timeout() {
 /// Afterwards the server answers a probe and exits 0 on SIGTERM (or, if it could not carry on,
 /// it has exited non-zero by itself); it never panics.
 ///
-/// Today: tiny_http's accept thread panics on `try_clone().unwrap()` when a descriptor is
+/// Before the fix: tiny_http's accept thread panics on `try_clone().unwrap()` when a descriptor is
 /// missing ("Too many open files"); the accept loop is dead, the process stays up and never
 /// answers again (and would exit 0 on SIGTERM).
 #[test]
@@ -1103,7 +1103,7 @@ fn running_out_of_descriptors_drops_connections_not_the_server() {
 /// Afterwards the server answers a probe within a second, or it has exited non-zero by itself;
 /// it never panics.
 ///
-/// Today: one thread per connection; `thread::spawn` panics inside tiny_http's pool ("failed
+/// Before the fix: one thread per connection; `thread::spawn` panics inside tiny_http's pool ("failed
 /// to spawn thread"), the pool's mutex is poisoned and every later connection panics on it; the
 /// process stays up, never answers again, and exits 0 on SIGTERM.
 #[test]
@@ -1165,7 +1165,7 @@ fn running_out_of_threads_drops_connections_not_the_server() {
 /// (empty body, 400) and never reading the answers. Meanwhile a real login from another
 /// address succeeds within 3 s.
 ///
-/// Today: login requests go to the bcrypt lane (one thread per core), whose threads write the
+/// Before the fix: login requests go to the bcrypt lane (one thread per core), whose threads write the
 /// answers themselves; once the attackers' windows are full each lane thread blocks in a write
 /// (30 s), and the real login waits in the queue past 3 s.
 #[test]
@@ -1218,7 +1218,7 @@ fn pipelining_logins_without_reading_does_not_block_the_bcrypt_lane() {
 /// Attack 8b: ten connections pipelining `GET /` and never reading: probes are answered
 /// throughout.
 ///
-/// Today: each worker writes its answer itself; once an attacker's window is full the worker
+/// Before the fix: each worker writes its answer itself; once an attacker's window is full the worker
 /// blocks in the write (up to 30 s), ten attackers hold all eight, and probes time out.
 #[test]
 fn pipelining_without_reading_does_not_hold_workers() {
@@ -1253,7 +1253,7 @@ fn pipelining_without_reading_does_not_hold_workers() {
 /// (200 "reset token sent" well under 3 s, or 503 with `Retry-After` when the delivery queue
 /// is full, for at most a minority).
 ///
-/// Today: each reset runs the command on a request worker and waits for it: eight resets are
+/// Before the fix: each reset runs the command on a request worker and waits for it: eight resets are
 /// answered after 3 s, the others not within 5 s, and with the eight workers held the profile
 /// probes time out.
 #[test]
@@ -1331,7 +1331,7 @@ struct Flooded {
 /// A shed flooder retries after 100 ms: an attacker would not wait, but 70 busy loops would
 /// measure the CPU, not the lane.
 ///
-/// Today: the lane is one FIFO queue; the flood keeps it full, and every login is shed with
+/// Before the fix: the lane is one FIFO queue; the flood keeps it full, and every login is shed with
 /// 503 (0 of 15 get through).
 #[test]
 fn the_bcrypt_lane_is_fair_to_another_address() {
@@ -1449,7 +1449,7 @@ fn the_bcrypt_lane_is_fair_to_another_address() {
 /// the request smuggled after it is never answered (exactly one answer). A chunked body over
 /// the limit is 413, and the request after it is not run either.
 ///
-/// Today: an unparsable length counts as no body, the first of two lengths wins, any
+/// Before the fix: an unparsable length counts as no body, the first of two lengths wins, any
 /// `Transfer-Encoding` is decoded as chunked, and a length beats chunked; each first request is
 /// answered 200 and the smuggled `GET /smuggled` after it runs (404). After the 413 the rest of
 /// the chunked body is read as a request of its own (a second answer, 400), and the connection
@@ -1515,7 +1515,7 @@ fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
 /// Attack 12: methods holding an ESC sequence, a line feed, or a carriage return. Whatever
 /// they are answered, the server's output holds no ESC or CR byte and no forged line.
 ///
-/// Today: the method goes to the access log raw: the ESC sequence reaches it, and
+/// Before the fix: the method goes to the access log raw: the ESC sequence reaches it, and
 /// `GET\nFAKE-LINE` writes a line of its own that starts with `FAKE-LINE`.
 #[test]
 fn control_characters_in_the_method_never_reach_the_log() {
@@ -1560,7 +1560,7 @@ fn control_characters_in_the_method_never_reach_the_log() {
 /// one, the server accepts a socket whose peer is gone (`peer_addr` fails) yet reads the
 /// request from its buffer.
 ///
-/// Today: each such connection's thread panics on the failed `peer_addr` unwrapped in
+/// Before the fix: each such connection's thread panics on the failed `peer_addr` unwrapped in
 /// tiny_http (`client.rs`, "Transport endpoint is not connected"): 2,999 "panicked" lines of
 /// 3,000.
 #[test]
@@ -1599,7 +1599,7 @@ fn connections_reset_at_once_panic_nothing() {
 /// Attack 14: SIGTERM while a client trickles a body (2000 bytes declared, a byte every half
 /// second), with `AUTH_SHUTDOWN_GRACE=2`: the process exits 0 within 5 s of the signal.
 ///
-/// Today: shutdown waits for the worker reading that body, which stops only at the 30 s body
+/// Before the fix: shutdown waits for the worker reading that body, which stops only at the 30 s body
 /// deadline: still running 5 s after the signal.
 #[test]
 fn sigterm_does_not_wait_for_a_trickling_client() {
@@ -1641,7 +1641,7 @@ fn sigterm_does_not_wait_for_a_trickling_client() {
 /// GET's `Content-Type` and `Content-Length`, and the next pipelined answer follows the head
 /// directly.
 ///
-/// Today: 405 (HEAD is not a method of `/`).
+/// Before the fix: 405 (HEAD is not a method of `/`).
 #[test]
 fn head_is_answered_as_get_without_a_body() {
     let _serial = serial();
@@ -1681,7 +1681,7 @@ fn head_is_answered_as_get_without_a_body() {
 /// at once without an answer; once one of the 20 closes a new connection is served; the idle
 /// ones stay usable.
 ///
-/// Today: there is no limit: the 21st connection stays open.
+/// Before the fix: there is no limit: the 21st connection stays open.
 #[test]
 fn connections_past_the_limit_are_closed_at_once() {
     let _serial = serial();
@@ -1740,7 +1740,7 @@ fn connections_past_the_limit_are_closed_at_once() {
 /// message, never 500; a reset for one is 400 too; and the reset command never receives a CR
 /// or LF in `AUTH_EMAIL`.
 ///
-/// Today: all three register (200); the reset of `a\0@x.y` fails to start the command (500),
+/// Before the fix: all three register (200); the reset of `a\0@x.y` fails to start the command (500),
 /// and the command receives `a\r\n@x.y` as is.
 #[test]
 fn emails_with_control_characters_are_refused() {
