@@ -42,6 +42,8 @@ pub enum ServerError {
     Bind(SocketAddr, io::Error),
     /// tiny_http stopped delivering requests (its accept loop failed).
     Accept(io::Error),
+    /// A worker or bcrypt thread could not be started (a limit on threads, or memory).
+    Spawn(io::Error),
 }
 
 impl fmt::Display for ServerError {
@@ -50,6 +52,7 @@ impl fmt::Display for ServerError {
             ServerError::Db(e) => write!(f, "database: {e}"),
             ServerError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ServerError::Accept(e) => write!(f, "the server stopped accepting requests: {e}"),
+            ServerError::Spawn(e) => write!(f, "cannot start a thread: {e}"),
         }
     }
 }
@@ -58,7 +61,7 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServerError::Db(e) => Some(e),
-            ServerError::Bind(_, e) | ServerError::Accept(e) => Some(e),
+            ServerError::Bind(_, e) | ServerError::Accept(e) | ServerError::Spawn(e) => Some(e),
         }
     }
 }
@@ -181,31 +184,27 @@ impl Server {
         // The slow lane: requests that run bcrypt wait here for one of `cores` threads, so the
         // workers go straight back to cheap requests.
         let lane = Arc::new(SlowLane::new(lane_threads, shared.bcrypt_estimate()));
+        let http = Arc::clone(&stopper.0.http);
         let mut dbs = dbs.into_iter();
-        let mut threads: Vec<JoinHandle<()>> = dbs
-            .by_ref()
-            .take(config.workers)
-            .enumerate()
-            .map(|(i, db)| {
-                let auth = Auth::new(db, Arc::clone(&shared));
-                let config = Arc::clone(&config);
-                let stopper = stopper.clone();
-                let lane = Arc::clone(&lane);
-                std::thread::Builder::new()
-                    .name(format!("worker-{i}"))
-                    .spawn(move || work(auth, &config, handler, &stopper, &lane))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        threads.extend(dbs.enumerate().map(|(i, db)| {
+        let mut threads = Vec::new();
+        for (i, db) in dbs.by_ref().take(config.workers).enumerate() {
             let auth = Auth::new(db, Arc::clone(&shared));
             let config = Arc::clone(&config);
-            let lane = Arc::clone(&lane);
-            std::thread::Builder::new()
+            let (stopper, worker_lane) = (stopper.clone(), Arc::clone(&lane));
+            let spawned = std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || work(auth, &config, handler, &stopper, &worker_lane));
+            threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
+        }
+        for (i, db) in dbs.enumerate() {
+            let auth = Auth::new(db, Arc::clone(&shared));
+            let config = Arc::clone(&config);
+            let lane_thread = Arc::clone(&lane);
+            let spawned = std::thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
-                .spawn(move || slow_lane(auth, &config, handler, &lane))
-                .expect("spawning a bcrypt thread")
-        }));
+                .spawn(move || slow_lane(auth, &config, handler, &lane_thread));
+            threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
+        }
         Ok(Server {
             addr,
             stopper,
@@ -262,6 +261,14 @@ impl Server {
             .take();
         fatal.map_or(Ok(()), |e| Err(ServerError::Accept(e)))
     }
+}
+
+/// Ends what a start that failed half way had begun: the threads already started see their
+/// queues closed and end.
+fn abandon(http: &tiny_http::Server, lane: &SlowLane<Job>, e: io::Error) -> ServerError {
+    http.close();
+    lane.close();
+    ServerError::Spawn(e)
 }
 
 /// Runs the service until SIGTERM or SIGINT, then finishes in-flight requests and returns.
