@@ -34,6 +34,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// The smallest read; and the largest for a head, so a head is never read far past its bound.
 const READ_CHUNK: usize = 4 * 1024;
+/// The largest read, for a body.
+const MAX_READ: usize = 16 * 1024;
 
 /// A connection and what its thread knows of it.
 pub(crate) struct ClientConnection {
@@ -365,10 +367,12 @@ impl ClientConnection {
         Err(Some(BodyProblem::BadFraming))
     }
 
-    /// Reads until `n` bytes are unread.
+    /// Reads until `n` bytes are unread, the buffer growing as they arrive (not by what was
+    /// declared: a client that declares 64 KiB and sends 10 costs 10).
     fn need(&mut self, n: usize, deadline: Instant) -> Result<(), Short> {
         while self.input.unread().len() < n {
-            self.input.reserve(n - self.input.unread().len());
+            self.input
+                .reserve((n - self.input.unread().len()).min(MAX_READ));
             self.fill_by(deadline)?;
         }
         Ok(())
@@ -670,10 +674,11 @@ impl Input {
         self.consume(n);
     }
 
-    /// Makes room for `n` more bytes in one read, for a body of known length.
+    /// Makes room for `n` more bytes, for a body of known length: exactly, so that the buffer
+    /// is not doubled past what the body needs.
     fn reserve(&mut self, n: usize) {
         self.compact();
-        self.buf.reserve(n);
+        self.buf.reserve_exact(n);
     }
 
     /// A connection waiting for its next request keeps no large buffer.
@@ -691,14 +696,14 @@ impl Input {
         }
     }
 
-    /// One read from `stream` into the spare room (at least `READ_CHUNK`).
+    /// One read from `stream` into the spare room (at least `READ_CHUNK`, at most `MAX_READ`).
     fn fill(&mut self, mut stream: &Connection) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {
             self.compact();
             self.buf.reserve(READ_CHUNK);
         }
         let len = self.buf.len();
-        let room = self.buf.capacity() - len;
+        let room = (self.buf.capacity() - len).min(MAX_READ);
         self.buf.resize(len + room, 0);
         let read = stream.read(&mut self.buf[len..]);
         self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
