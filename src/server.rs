@@ -12,7 +12,6 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -89,9 +88,8 @@ pub struct Stopper(Arc<StopState>);
 
 struct StopState {
     http: Arc<tiny_http::Server>,
-    stopping: AtomicBool,
-    /// Set (and `stopped` notified) by `stop`.
-    stopped: Mutex<bool>,
+    /// Set by `stop`, which then notifies `stop_signal`.
+    stopping: Mutex<bool>,
     stop_signal: Condvar,
     fatal: Mutex<Option<io::Error>>,
 }
@@ -100,34 +98,38 @@ impl Stopper {
     /// Stops accepting connections; requests already received are still answered, and
     /// [`Server::wait`] returns once they are (or the shutdown grace has passed).
     pub fn stop(&self) {
-        if self.0.stopping.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.0.http.stop_accepting();
-        *self
+        let mut stopping = self
             .0
-            .stopped
+            .stopping
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = true;
-        self.0.stop_signal.notify_all();
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*stopping {
+            *stopping = true;
+            self.0.http.stop_accepting();
+            self.0.stop_signal.notify_all();
+        }
     }
 
     fn stopping(&self) -> bool {
-        self.0.stopping.load(Ordering::SeqCst)
+        *self
+            .0
+            .stopping
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Blocks until `stop` has been called.
     fn wait_for_stop(&self) {
-        let mut stopped = self
+        let mut stopping = self
             .0
-            .stopped
+            .stopping
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while !*stopped {
-            stopped = self
+        while !*stopping {
+            stopping = self
                 .0
                 .stop_signal
-                .wait(stopped)
+                .wait(stopping)
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
@@ -161,8 +163,7 @@ impl Server {
             .watch_connections(Arc::downgrade(&connections));
         let stopper = Stopper(Arc::new(StopState {
             http,
-            stopping: AtomicBool::new(false),
-            stopped: Mutex::new(false),
+            stopping: Mutex::new(false),
             stop_signal: Condvar::new(),
             fatal: Mutex::new(None),
         }));

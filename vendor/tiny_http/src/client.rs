@@ -109,11 +109,8 @@ impl ClientConnection {
         let stop = loop {
             match self.serve_one(first) {
                 Ok(()) if !self.shared.draining() => first = false,
-                Ok(()) => {
-                    break self
-                        .finish_previous()
-                        .map_or_else(|stop| stop, |()| Stop::Close)
-                }
+                // The server is stopping: this connection takes no further request.
+                Ok(()) => break self.last_answer_then_close(),
                 Err(stop) => break stop,
             }
         };
@@ -137,7 +134,7 @@ impl ClientConnection {
         if self.input.unread().is_empty() {
             self.input.shrink_when_idle();
             if self.fill_by(Instant::now() + wait).is_err() {
-                return Err(self.finish_previous().err().unwrap_or(Stop::Close));
+                return Err(self.last_answer_then_close());
             }
             self.input.skip_empty_lines();
         }
@@ -161,7 +158,7 @@ impl ClientConnection {
                     Ok(body) => Ok(body),
                     Err(Some(problem)) => Err(problem),
                     // The client left mid-body: no one to answer.
-                    Err(None) => return Err(self.finish_previous().err().unwrap_or(Stop::Close)),
+                    Err(None) => return Err(self.last_answer_then_close()),
                 }
             }
         };
@@ -218,6 +215,11 @@ impl ClientConnection {
                 }
             }
         }
+    }
+
+    /// The connection ends once its last answer is out.
+    fn last_answer_then_close(&mut self) -> Stop {
+        self.finish_previous().err().unwrap_or(Stop::Close)
     }
 
     /// Answers a head that never reaches a worker, then closes.
@@ -395,7 +397,8 @@ impl ClientConnection {
             match self.input.fill(&self.link.stream) {
                 Ok(0) => return Err(Short::Closed),
                 Ok(_) => return Ok(()),
-                // A timeout before the deadline is one set for an earlier, longer wait.
+                // Interrupted, or timed out: the deadline check above says which (a timeout is
+                // rounded up, so by then the deadline has passed).
                 Err(e)
                     if matches!(
                         e.kind(),
