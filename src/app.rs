@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::auth::{Auth, AuthError, ResetDelivery};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::user::{Email, InputError, Password};
 
 /// The cookie that carries the session id.
@@ -96,10 +97,11 @@ impl Reply {
     }
 }
 
-/// What a worker's handlers need: its `Auth` and the settings.
+/// What a worker's handlers need: its `Auth`, the settings, and the counters `/metrics` shows.
 pub struct Context<'a> {
     pub auth: &'a Auth,
     pub config: &'a Config,
+    pub metrics: &'a Metrics,
 }
 
 /// Everything a request can be refused for, before or after `Auth` has its say.
@@ -115,6 +117,10 @@ pub enum AppError {
     BodyTimeout,
     /// The bcrypt lane cannot take the request: its expected wait is too long.
     Busy,
+    /// The store does not answer (`GET /health`); the cause goes to the log.
+    Unhealthy(AuthError),
+    /// The handler panicked; the worker lives on.
+    Panicked,
     /// The body is not `application/x-www-form-urlencoded` text.
     BadForm,
     /// A required form field is missing or empty.
@@ -144,6 +150,12 @@ pub fn error_reply(error: AppError) -> Reply {
         AppError::BodyTimeout => Reply::message(408, "request body took too long to arrive"),
         AppError::Busy => Reply::message(503, "too many password checks waiting, try again")
             .with_header("Retry-After", "1"),
+        AppError::Unhealthy(e) => {
+            let mut reply = Reply::message(503, "database unavailable");
+            reply.log = Some(format!("health check failed: {e}"));
+            reply
+        }
+        AppError::Panicked => Reply::internal_error("the handler panicked"),
         AppError::BadForm => Reply::message(400, "body is not valid form data"),
         AppError::MissingField(field) => Reply::message(400, &format!("{field} is required")),
         AppError::Invalid(field, e) => Reply::message(400, &format!("{field} {}", e.reason())),
@@ -182,14 +194,14 @@ pub fn handle(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
         rq.method
     };
     let result = match (method, rq.path) {
-        ("GET", "/") => Ok(Reply::json(200, json!({ "message": "Bienvenue" }))),
-        ("POST", "/users") => register(ctx, rq),
-        ("POST", "/sessions") => log_in(ctx, rq),
-        ("DELETE", "/sessions") => log_out(ctx, rq),
+        ("GET", "/") => Ok(index()),
+        ("POST", "/users") => users(ctx, rq),
+        ("POST", "/sessions") => login(ctx, rq),
+        ("DELETE", "/sessions") => logout(ctx, rq),
         ("GET", "/profile") => profile(ctx, rq),
         ("POST", "/reset_password") => get_reset_password_token(ctx, rq),
         ("PUT", "/reset_password") => update_password(ctx, rq),
-        ("GET", "/health") => Ok(health(ctx)),
+        ("GET", "/health") => health(ctx),
         ("GET", "/metrics") if ctx.config.metrics => Ok(metrics(ctx)),
         (_, path) => Err(match allowed_methods(path, ctx.config.metrics) {
             Some(allow) => AppError::MethodNotAllowed(allow),
@@ -213,12 +225,19 @@ fn allowed_methods(path: &str, metrics: bool) -> Option<String> {
     (!methods.is_empty()).then(|| methods.join(", "))
 }
 
+/// `GET /`: the greeting.
+fn index() -> Reply {
+    Reply::json(200, json!({ "message": "Bienvenue" }))
+}
+
 /// `POST /users`: register.
-fn register(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+fn users(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
-    let password = form.new_password("password", ctx)?;
-    ctx.auth.register_user(&email, &password)?;
+    let password = form.password("password")?;
+    ctx.auth
+        .register_user(&email, &password)
+        .map_err(about("password"))?;
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "user created" }),
@@ -226,15 +245,14 @@ fn register(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
 }
 
 /// `POST /sessions`: log in, setting the session cookie.
-fn log_in(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
-    let password = Password::parse(form.required("password")?)
-        .map_err(|e| AppError::Invalid("password", e))?;
+    let password = form.password("password")?;
     let session_id = ctx
         .auth
         .log_in(client_address(ctx, rq), &email, &password)?;
-    let max_age = ctx.auth.shared().policy.session_ttl;
+    let max_age = ctx.config.policy.session_ttl;
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "logged in" }),
@@ -243,7 +261,7 @@ fn log_in(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
 }
 
 /// `DELETE /sessions`: log out, clearing the cookie, and go home.
-fn log_out(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+fn logout(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let user = ctx
         .auth
         .get_user_from_session_id(session_id(rq))?
@@ -279,8 +297,10 @@ fn update_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
     let token = form.required("reset_token")?;
-    let password = form.new_password("new_password", ctx)?;
-    ctx.auth.update_password_for(&email, token, &password)?;
+    let password = form.password("new_password")?;
+    ctx.auth
+        .update_password_for(&email, token, &password)
+        .map_err(about("new_password"))?;
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "Password updated" }),
@@ -288,15 +308,9 @@ fn update_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
 }
 
 /// `GET /health`: 200 while the database answers a query.
-fn health(ctx: &Context<'_>) -> Reply {
-    match ctx.auth.db().ping() {
-        Ok(()) => Reply::json(200, json!({ "status": "ok" })),
-        Err(e) => {
-            let mut reply = Reply::message(503, "database unavailable");
-            reply.log = Some(format!("health check failed: {e}"));
-            reply
-        }
-    }
+fn health(ctx: &Context<'_>) -> Result<Reply, AppError> {
+    ctx.auth.healthy().map_err(AppError::Unhealthy)?;
+    Ok(Reply::json(200, json!({ "status": "ok" })))
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -304,7 +318,7 @@ fn metrics(ctx: &Context<'_>) -> Reply {
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4",
-        body: ctx.auth.shared().metrics.render(),
+        body: ctx.metrics.render(),
         headers: Vec::new(),
         log: None,
     }
@@ -390,9 +404,17 @@ impl Form {
         })
     }
 
-    fn new_password(&self, name: &'static str, ctx: &Context<'_>) -> Result<Password, AppError> {
-        let min = ctx.auth.shared().policy.min_password_length;
-        Password::parse_new(self.required(name)?, min).map_err(|e| AppError::Invalid(name, e))
+    /// A password within bcrypt's bounds (how long a new one must be is `Auth`'s rule).
+    fn password(&self, name: &'static str) -> Result<Password, AppError> {
+        Password::parse(self.required(name)?).map_err(|e| AppError::Invalid(name, e))
+    }
+}
+
+/// Names the form field an `Auth` refusal of input is about.
+fn about(field: &'static str) -> impl Fn(AuthError) -> AppError {
+    move |e| match e {
+        AuthError::Input(e) => AppError::Invalid(field, e),
+        e => AppError::Auth(e),
     }
 }
 

@@ -61,7 +61,7 @@ pub enum AuthError {
     Throttled { retry_after: u64 },
     /// The reset delivery queue is full; retry after a second.
     DeliveryQueueFull,
-    /// A field failed to parse.
+    /// A new password is shorter than the policy's `--min-password-length`.
     Input(InputError),
     /// bcrypt failed (a malformed stored hash, or the system's randomness).
     Hash(bcrypt::BcryptError),
@@ -126,10 +126,11 @@ pub enum ResetDelivery {
     Sent,
 }
 
-/// What all workers' `Auth`s have in common.
+/// What every worker's `Auth` has in common, made once at start: the rules, the counters its
+/// decisions move, the reset delivery queue, and the dummy hash.
 pub struct Shared {
-    pub policy: Policy,
-    pub metrics: Arc<Metrics>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
     /// With `--reset-command`: the queue its runs wait in.
     deliveries: Option<Arc<Deliveries>>,
     /// What one bcrypt operation at the configured cost is expected to take, before any has
@@ -142,7 +143,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(policy: Policy) -> Shared {
+    /// The state for `policy`, counting into `metrics` (the server's, which it exposes).
+    pub fn new(policy: Policy, metrics: Arc<Metrics>) -> Shared {
         // A cost-4 hash relabelled with the real cost: a well-formed hash whose verification
         // runs the full cost, made in a millisecond instead of a quarter second at start.
         let started = Instant::now();
@@ -152,7 +154,6 @@ impl Shared {
             .elapsed()
             .saturating_mul(1 << policy.bcrypt_cost.saturating_sub(4).min(27));
         let dummy_hash = format!("$2b${:02}{}", policy.bcrypt_cost, &cheap[6..]);
-        let metrics = Arc::new(Metrics::default());
         let deliveries = policy
             .reset_command
             .clone()
@@ -191,12 +192,9 @@ impl Auth {
         Auth { db, shared }
     }
 
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    /// Whether the store answers a query: the health check.
+    pub fn healthy(&self) -> Result<(), AuthError> {
+        Ok(self.db.ping()?)
     }
 
     fn policy(&self) -> &Policy {
@@ -208,14 +206,29 @@ impl Auth {
         Ok(bcrypt::hash(password.as_str(), self.policy().bcrypt_cost)?)
     }
 
-    /// Registers a user. [`AuthError::UserExists`] when the email is taken in any case.
+    /// A password being set (at registration or reset) must be `--min-password-length`
+    /// characters long; one offered at login need not, so that raising the minimum locks
+    /// nobody out.
+    fn check_new_password(&self, password: &Password) -> Result<(), AuthError> {
+        let min = self.policy().min_password_length;
+        if password.as_str().chars().count() < min {
+            return Err(AuthError::Input(InputError::PasswordTooShort(min)));
+        }
+        Ok(())
+    }
+
+    /// Registers a user. [`AuthError::UserExists`] when the email is taken in any case;
+    /// [`AuthError::Input`] when the password is shorter than the policy's minimum.
     pub fn register_user(&self, email: &Email, password: &Password) -> Result<User, AuthError> {
+        self.check_new_password(password)?;
         // Checked first so a taken address costs no bcrypt; the unique constraint below still
         // decides between two racing registrations.
-        match self.db.find_user_by(&[("email", email.as_str().into())]) {
-            Ok(_) => return Err(AuthError::UserExists(email.to_string())),
-            Err(DbError::NoResultFound) => {}
-            Err(e) => return Err(e.into()),
+        if self
+            .db
+            .find_user(&[("email", email.as_str().into())])?
+            .is_some()
+        {
+            return Err(AuthError::UserExists(email.to_string()));
         }
         let hashed = self.hash_password(password)?;
         match self.db.add_user(email.as_str(), &hashed) {
@@ -239,11 +252,7 @@ impl Auth {
         email: &Email,
         password: &Password,
     ) -> Result<Option<User>, AuthError> {
-        let user = match self.db.find_user_by(&[("email", email.as_str().into())]) {
-            Ok(user) => Some(user),
-            Err(DbError::NoResultFound) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let user = self.db.find_user(&[("email", email.as_str().into())])?;
         let hash = user
             .as_ref()
             .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
@@ -293,13 +302,11 @@ impl Auth {
             return Ok(None);
         };
         let hashed = digest(session_id);
-        let user = match self
+        let Some(user) = self
             .db
-            .find_user_by(&[("session_id", hashed.clone().into())])
-        {
-            Ok(user) => user,
-            Err(DbError::NoResultFound) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            .find_user(&[("session_id", hashed.clone().into())])?
+        else {
+            return Ok(None);
         };
         let now = now();
         let policy = self.policy();
@@ -388,18 +395,15 @@ impl Auth {
         reset_token: &str,
         password: &Password,
     ) -> Result<(), AuthError> {
+        self.check_new_password(password)?;
         if reset_token.is_empty() {
             return Err(AuthError::InvalidToken);
         }
         let hashed_token = digest(reset_token);
-        let user = match self
+        let user = self
             .db
-            .find_user_by(&[("reset_token", hashed_token.clone().into())])
-        {
-            Ok(user) => user,
-            Err(DbError::NoResultFound) => return Err(AuthError::InvalidToken),
-            Err(e) => return Err(e.into()),
-        };
+            .find_user(&[("reset_token", hashed_token.clone().into())])?
+            .ok_or(AuthError::InvalidToken)?;
         let expired = user.reset_expires_at.is_none_or(|at| now() >= at);
         let other_email = email.is_some_and(|e| !e.as_str().eq_ignore_ascii_case(&user.email));
         if expired || other_email {
@@ -494,11 +498,9 @@ impl Auth {
     }
 
     fn find_by_email(&self, email: &Email) -> Result<User, AuthError> {
-        match self.db.find_user_by(&[("email", email.as_str().into())]) {
-            Ok(user) => Ok(user),
-            Err(DbError::NoResultFound) => Err(AuthError::UnknownUser),
-            Err(e) => Err(e.into()),
-        }
+        self.db
+            .find_user(&[("email", email.as_str().into())])?
+            .ok_or(AuthError::UnknownUser)
     }
 }
 

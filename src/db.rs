@@ -166,11 +166,17 @@ impl Db {
     /// Errors: [`DbError::NoResultFound`] when none matches; [`DbError::InvalidRequest`] when a
     /// filter names an unknown column or there is no filter.
     pub fn find_user_by(&self, filters: &[(&str, Value)]) -> Result<User, DbError> {
+        self.find_user(filters)?.ok_or(DbError::NoResultFound)
+    }
+
+    /// [`Db::find_user_by`] for callers to whom no match is an answer rather than an error:
+    /// `None` when no user matches.
+    pub fn find_user(&self, filters: &[(&str, Value)]) -> Result<Option<User>, DbError> {
         if filters.is_empty() {
             return Err(DbError::InvalidRequest("no filter given".into()));
         }
         check_columns(filters)?;
-        on_store!(&self.store, s => s.find_user_by(filters))?.ok_or(DbError::NoResultFound)
+        on_store!(&self.store, s => s.find_user_by(filters))
     }
 
     /// Applies `(column, value)` changes to the user with `user_id`, found through

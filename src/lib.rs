@@ -13,13 +13,15 @@
 //! use std::sync::Arc;
 //! use auth_service::auth::{Auth, Policy, Shared};
 //! use auth_service::db::Db;
+//! use auth_service::metrics::Metrics;
 //! use auth_service::user::{Email, Password};
 //!
 //! let dir = std::env::temp_dir().join(format!("auth-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).unwrap();
 //! let db = Db::open(&dir.join("auth.db")).unwrap();
 //! let policy = Policy { bcrypt_cost: 4, ..Policy::default() };
-//! let auth = Auth::new(db, Arc::new(Shared::new(policy)));
+//! let metrics = Arc::new(Metrics::default());
+//! let auth = Auth::new(db, Arc::new(Shared::new(policy, metrics)));
 //!
 //! let email = Email::parse("bob@example.com").unwrap();
 //! let password = Password::parse("correct horse").unwrap();

@@ -22,7 +22,7 @@ use crate::app::{self, AppError, Context, Reply, Request};
 use crate::auth::{Auth, Shared};
 use crate::config::{self, Config};
 use crate::db::{Db, DbError};
-use crate::metrics::Connections;
+use crate::metrics::{Connections, Metrics};
 use crate::slow_lane::SlowLane;
 use crate::user::ClientAddress;
 
@@ -79,6 +79,7 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     lane: Arc<SlowLane<Job>>,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     shutdown_grace: Duration,
 }
 
@@ -143,7 +144,8 @@ impl Server {
 
     /// [`Server::start`] with another handler (tests use one that panics).
     pub fn start_with(config: Config, handler: Handler) -> Result<Server, ServerError> {
-        let shared = Arc::new(Shared::new(config.policy.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared::new(config.policy.clone(), Arc::clone(&metrics)));
         // One connection per worker and per slow-lane thread, opened before binding, so a bad
         // path or a too-new schema fails the start; the first open also runs the migrations.
         let lane_threads = config::cores();
@@ -158,9 +160,7 @@ impl Server {
             .map_err(bind_error)?;
         let http = Arc::new(http);
         let connections: Arc<dyn Connections> = Arc::clone(&http) as _;
-        shared
-            .metrics
-            .watch_connections(Arc::downgrade(&connections));
+        metrics.watch_connections(Arc::downgrade(&connections));
         let stopper = Stopper(Arc::new(StopState {
             http,
             stopping: Mutex::new(false),
@@ -190,20 +190,34 @@ impl Server {
         let mut threads = Vec::new();
         for (i, db) in dbs.by_ref().take(config.workers).enumerate() {
             let auth = Auth::new(db, Arc::clone(&shared));
-            let config = Arc::clone(&config);
+            let (config, metrics) = (Arc::clone(&config), Arc::clone(&metrics));
             let (stopper, worker_lane) = (stopper.clone(), Arc::clone(&lane));
             let spawned = std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || work(auth, &config, handler, &stopper, &worker_lane));
+                .spawn(move || {
+                    let ctx = Context {
+                        auth: &auth,
+                        config: &config,
+                        metrics: &metrics,
+                    };
+                    worker_loop(&ctx, handler, &stopper, &worker_lane)
+                });
             threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
         }
         for (i, db) in dbs.enumerate() {
             let auth = Auth::new(db, Arc::clone(&shared));
-            let config = Arc::clone(&config);
+            let (config, metrics) = (Arc::clone(&config), Arc::clone(&metrics));
             let lane_thread = Arc::clone(&lane);
             let spawned = std::thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
-                .spawn(move || slow_lane(auth, &config, handler, &lane_thread));
+                .spawn(move || {
+                    let ctx = Context {
+                        auth: &auth,
+                        config: &config,
+                        metrics: &metrics,
+                    };
+                    lane_loop(&ctx, handler, &lane_thread)
+                });
             threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
         }
         Ok(Server {
@@ -212,6 +226,7 @@ impl Server {
             threads,
             lane,
             shared,
+            metrics,
             shutdown_grace,
         })
     }
@@ -225,7 +240,12 @@ impl Server {
         self.stopper.clone()
     }
 
-    /// The state all workers share (metrics among it).
+    /// The counters `GET /metrics` shows.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What its workers' `Auth`s share (tests read the dummy hash's cost from it).
     pub fn shared(&self) -> &Shared {
         &self.shared
     }
@@ -328,12 +348,9 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// One worker: take a request, answer it, until the server stops.
-fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: &SlowLane<Job>) {
-    let ctx = Context {
-        auth: &auth,
-        config,
-    };
+/// One worker: take a request, answer it (or hand it to the slow lane), until the server
+/// stops.
+fn worker_loop(ctx: &Context<'_>, handler: Handler, stopper: &Stopper, lane: &SlowLane<Job>) {
     let http = &stopper.0.http;
     loop {
         // Waiting for work is when the access log goes out: while requests keep coming, their
@@ -347,7 +364,7 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: 
             Err(e) => Err(e),
         };
         match next {
-            Ok(request) => serve(&ctx, handler, request, lane),
+            Ok(request) => dispatch(ctx, handler, request, lane),
             Err(_) if stopper.stopping() => {
                 access_log::flush();
                 return;
@@ -369,15 +386,11 @@ fn work(auth: Auth, config: &Config, handler: Handler, stopper: &Stopper, lane: 
 }
 
 /// One slow-lane thread: answer the bcrypt requests the workers hand over, until the lane is
-/// closed and empty.
-fn slow_lane(auth: Auth, config: &Config, handler: Handler, lane: &SlowLane<Job>) {
-    let ctx = Context {
-        auth: &auth,
-        config,
-    };
+/// closed.
+fn lane_loop(ctx: &Context<'_>, handler: Handler, lane: &SlowLane<Job>) {
     while let Some(job) = lane.pop() {
         let started = Instant::now();
-        answer(&ctx, handler, job);
+        run_handler(ctx, handler, job);
         lane.record(started.elapsed());
         access_log::flush();
     }
@@ -456,32 +469,37 @@ impl Job {
 }
 
 /// Answers a request here, or hands it to the slow lane when it runs bcrypt.
-fn serve(ctx: &Context<'_>, handler: Handler, request: tiny_http::Request, lane: &SlowLane<Job>) {
+fn dispatch(
+    ctx: &Context<'_>,
+    handler: Handler,
+    request: tiny_http::Request,
+    lane: &SlowLane<Job>,
+) {
     let job = Job::new(request, ctx.config.max_body_bytes);
     if job.body.is_err() || !app::runs_bcrypt(&job.method, &job.path) {
-        return answer(ctx, handler, job);
+        return run_handler(ctx, handler, job);
     }
     let client = ClientAddress::new(app::client_address(ctx, &job.request(&[])));
     if let Err(job) = lane.push(client, job) {
-        respond(ctx, job, app::error_reply(AppError::Busy));
+        send_reply(ctx, job, app::error_reply(AppError::Busy));
     }
 }
 
-/// Runs the handler on a job (a panic becomes a 500) and responds.
-fn answer(ctx: &Context<'_>, handler: Handler, mut job: Job) {
+/// Runs the handler on a job (a panic becomes a 500) and sends its reply.
+fn run_handler(ctx: &Context<'_>, handler: Handler, mut job: Job) {
     let reply = match std::mem::replace(&mut job.body, Ok(Vec::new())) {
         Err(refused) => app::error_reply(refused),
         Ok(body) => {
             let rq = job.request(&body);
             catch_unwind(AssertUnwindSafe(|| handler(ctx, &rq)))
-                .unwrap_or_else(|_| Reply::internal_error("the handler panicked"))
+                .unwrap_or_else(|_| app::error_reply(AppError::Panicked))
         }
     };
-    respond(ctx, job, reply);
+    send_reply(ctx, job, reply);
 }
 
 /// Writes the reply, counts it, and writes the access-log line.
-fn respond(ctx: &Context<'_>, job: Job, reply: Reply) {
+fn send_reply(ctx: &Context<'_>, job: Job, reply: Reply) {
     let status = reply.status;
     let method = printable(&job.method);
     let path = printable(&job.path);
@@ -490,10 +508,7 @@ fn respond(ctx: &Context<'_>, job: Job, reply: Reply) {
         access_log::line(format_args!("error: {method} {path} {status}: {cause}\n"));
     }
     let _ = write_response(job.request, &reply);
-    ctx.auth
-        .shared()
-        .metrics
-        .request_finished(&job.path, status);
+    ctx.metrics.request_finished(&job.path, status);
     access_log::line(format_args!(
         "{method} {path} {status} {:.1}ms\n",
         job.started.elapsed().as_secs_f64() * 1000.0

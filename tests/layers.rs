@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use auth_service::auth::{digest, Auth, AuthError, Policy, Shared};
 use auth_service::db::{Db, DbError, Value};
+use auth_service::metrics::Metrics;
 use auth_service::user::{Email, Password};
 use support::{is_uuid_v4, set_schema_version, test_db, TempDir};
 
@@ -18,14 +19,21 @@ fn db() -> (Db, TempDir) {
     (db, dir)
 }
 
-/// An `Auth` at bcrypt cost 4 on a fresh file.
-fn auth() -> (Auth, TempDir) {
+/// An `Auth` at bcrypt cost 4 on a fresh file, and a second connection to the same store to
+/// look at what it wrote.
+fn auth() -> (Auth, Db, TempDir) {
     let (db, dir) = db();
     let policy = Policy {
         bcrypt_cost: 4,
         ..Default::default()
     };
-    (Auth::new(db, Arc::new(Shared::new(policy))), dir)
+    let metrics = Arc::new(Metrics::default());
+    let look = Db::open(&test_db(&dir.path().join("auth.db"))).expect("a second connection");
+    (
+        Auth::new(db, Arc::new(Shared::new(policy, metrics))),
+        look,
+        dir,
+    )
 }
 
 fn email(s: &str) -> Email {
@@ -266,7 +274,7 @@ fn a_database_from_a_newer_binary_is_refused() {
 
 #[test]
 fn hash_password_is_salted_bcrypt() {
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     let pw = password("b4l0u");
     let first = auth.hash_password(&pw).unwrap();
     let second = auth.hash_password(&pw).unwrap();
@@ -281,14 +289,13 @@ fn hash_password_is_salted_bcrypt() {
 
 #[test]
 fn register_user_saves_a_hashed_password() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let user = auth
         .register_user(&email("bob@example.com"), &password("b4l0u"))
         .unwrap();
     assert_eq!(user.email, "bob@example.com");
     assert!(bcrypt::verify("b4l0u", &user.hashed_password).unwrap());
-    let stored = auth
-        .db()
+    let stored = db
         .find_user_by(&[("email", "bob@example.com".into())])
         .unwrap();
     assert_eq!(stored, user);
@@ -296,7 +303,7 @@ fn register_user_saves_a_hashed_password() {
 
 #[test]
 fn register_user_twice_says_the_user_exists() {
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     auth.register_user(&email("bob@example.com"), &password("pw"))
         .unwrap();
     for again in ["bob@example.com", "Bob@Example.com"] {
@@ -311,7 +318,7 @@ fn register_user_twice_says_the_user_exists() {
 
 #[test]
 fn valid_login_checks_the_password() {
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     let bob = email("bob@example.com");
     auth.register_user(&bob, &password("b4l0u")).unwrap();
     assert!(auth.valid_login(&bob, &password("b4l0u")).unwrap());
@@ -336,26 +343,26 @@ fn generate_uuid_is_a_fresh_v4() {
 
 #[test]
 fn create_session_stores_only_the_digest() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     let session = auth.create_session(&bob).unwrap();
     assert!(is_uuid_v4(&session), "{session}");
-    let stored = auth.db().find_user_by(&[("id", user.id.into())]).unwrap();
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
     assert_eq!(stored.session_id, Some(digest(&session)));
     assert_ne!(stored.session_id.as_deref(), Some(session.as_str()));
 }
 
 #[test]
 fn create_session_for_an_unknown_email_fails() {
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     let result = auth.create_session(&email("eve@example.com"));
     assert!(matches!(result, Err(AuthError::UnknownUser)), "{result:?}");
 }
 
 #[test]
 fn get_user_from_session_id_finds_the_live_session_only() {
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     let session = auth.create_session(&bob).unwrap();
@@ -381,13 +388,13 @@ fn get_user_from_session_id_finds_the_live_session_only() {
 
 #[test]
 fn destroy_session_ends_it() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     let session = auth.create_session(&bob).unwrap();
     auth.destroy_session(user.id).unwrap();
     assert_eq!(auth.get_user_from_session_id(Some(&session)).unwrap(), None);
-    let stored = auth.db().find_user_by(&[("id", user.id.into())]).unwrap();
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
     assert_eq!(stored.session_id, None);
     // Ending a session that is already over is harmless.
     auth.destroy_session(user.id).unwrap();
@@ -395,12 +402,12 @@ fn destroy_session_ends_it() {
 
 #[test]
 fn get_reset_password_token_needs_a_known_email() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     let token = auth.get_reset_password_token(&bob).unwrap();
     assert!(is_uuid_v4(&token), "{token}");
-    let stored = auth.db().find_user_by(&[("id", user.id.into())]).unwrap();
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
     assert_eq!(stored.reset_token, Some(digest(&token)));
 
     let result = auth.get_reset_password_token(&email("eve@example.com"));
@@ -409,14 +416,14 @@ fn get_reset_password_token_needs_a_known_email() {
 
 #[test]
 fn update_password_sets_the_hash_and_clears_the_token() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("b4l0u")).unwrap();
     let token = auth.get_reset_password_token(&bob).unwrap();
 
     auth.update_password(&token, &password("t4rt1fl3tt3"))
         .unwrap();
-    let stored = auth.db().find_user_by(&[("id", user.id.into())]).unwrap();
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
     assert_eq!(stored.reset_token, None);
     assert_ne!(stored.hashed_password, user.hashed_password);
     assert!(bcrypt::verify("t4rt1fl3tt3", &stored.hashed_password).unwrap());
@@ -430,7 +437,7 @@ fn update_password_sets_the_hash_and_clears_the_token() {
 
 #[test]
 fn update_password_with_an_unknown_token_fails_and_changes_nothing() {
-    let (auth, _dir) = auth();
+    let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     auth.get_reset_password_token(&bob).unwrap();
@@ -438,7 +445,7 @@ fn update_password_with_an_unknown_token_fails_and_changes_nothing() {
         let result = auth.update_password(&token, &password("new"));
         assert!(matches!(result, Err(AuthError::InvalidToken)), "{result:?}");
     }
-    let stored = auth.db().find_user_by(&[("id", user.id.into())]).unwrap();
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
     assert_eq!(stored.hashed_password, user.hashed_password);
     assert!(stored.reset_token.is_some());
 }
@@ -446,7 +453,7 @@ fn update_password_with_an_unknown_token_fails_and_changes_nothing() {
 #[test]
 fn errors_have_lowercase_messages_and_sources() {
     use std::error::Error;
-    let (auth, _dir) = auth();
+    let (auth, _db, _dir) = auth();
     let e = auth.create_session(&email("eve@example.com")).unwrap_err();
     assert_eq!(e.to_string(), "no such user");
     let e = AuthError::from(DbError::NoResultFound);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use auth_service::auth::{digest, Auth, Policy, Shared};
 use auth_service::db::Db;
+use auth_service::metrics::Metrics;
 use auth_service::user::{Email, Password};
 use support::*;
 
@@ -623,7 +624,7 @@ fn a_failing_reset_command_is_logged_and_counted_not_answered() {
 fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
     let s = TestServer::start();
     s.register_and_log_in("known@example.com", "right-password");
-    let count = || s.server().shared().metrics.bcrypt_verifications();
+    let count = || s.server().metrics().bcrypt_verifications();
     let log_in = |email: &str, password: &str| {
         let before = count();
         let r = s.post("/sessions", &[("email", email), ("password", password)]);
@@ -639,16 +640,17 @@ fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
         bcrypt_cost: 4,
         ..Policy::default()
     };
+    let metrics = Arc::new(Metrics::default());
     let auth = Auth::new(
         Db::open(&test_db(&dir.path().join("auth.db"))).unwrap(),
-        Arc::new(Shared::new(policy)),
+        Arc::new(Shared::new(policy, Arc::clone(&metrics))),
     );
     let known = Email::parse("known@example.com").unwrap();
     let unknown = Email::parse("unknown@example.com").unwrap();
     let right = Password::parse("right-password").unwrap();
     let wrong = Password::parse("wrong-password").unwrap();
     auth.register_user(&known, &right).unwrap();
-    let count = || auth.shared().metrics.bcrypt_verifications();
+    let count = || metrics.bcrypt_verifications();
     assert_eq!(count(), 0);
     assert!(!auth.valid_login(&known, &wrong).unwrap());
     assert_eq!(count(), 1);
@@ -666,14 +668,17 @@ fn the_dummy_hash_is_well_formed_at_the_configured_cost() {
             bcrypt_cost: cost,
             ..Policy::default()
         };
-        let shared = Shared::new(policy);
+        let shared = Shared::new(policy, Arc::default());
         assert_eq!(cost_of(shared.dummy_hash()), cost);
     }
     // A real hash that matches nothing: verifying it runs bcrypt, and fails.
-    let shared = Shared::new(Policy {
-        bcrypt_cost: 5,
-        ..Policy::default()
-    });
+    let shared = Shared::new(
+        Policy {
+            bcrypt_cost: 5,
+            ..Policy::default()
+        },
+        Arc::default(),
+    );
     for password in ["", "auth-service dummy password", "password"] {
         assert!(!bcrypt::verify(password, shared.dummy_hash()).unwrap());
     }

@@ -71,19 +71,13 @@ fn cheap_requests_are_answered_while_bcrypt_is_saturated_and_the_overflow_is_she
         // Every worker is free: GET / and GET /profile are answered with the lane full.
         assert_eq!(s.get("/", None).status, 200);
         assert_eq!(s.get("/profile", None).status, 403);
-        shed = s
-            .server()
-            .shared()
-            .metrics
-            .render()
-            .lines()
-            .fold(0, |n, line| {
-                if line.starts_with("auth_requests_total{route=\"/users\",status=\"503\"}") {
-                    line.rsplit(' ').next().unwrap().parse().unwrap()
-                } else {
-                    n
-                }
-            });
+        shed = s.server().metrics().render().lines().fold(0, |n, line| {
+            if line.starts_with("auth_requests_total{route=\"/users\",status=\"503\"}") {
+                line.rsplit(' ').next().unwrap().parse().unwrap()
+            } else {
+                n
+            }
+        });
         thread::sleep(Duration::from_millis(20));
     }
     drop(release);

@@ -14,18 +14,20 @@ use std::sync::Arc;
 
 use auth_service::app::{handle, Context, Request, ROUTES};
 use auth_service::auth::{Auth, Policy, Shared};
+use auth_service::metrics::Metrics;
 use auth_service::{Config, Db};
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
 thread_local! {
-    static SERVICE: (Auth, Config) = {
+    static SERVICE: (Auth, Config, Arc<Metrics>) = {
         let mut config = Config { metrics: true, trust_proxy: true, ..Config::default() };
         config.policy = Policy { bcrypt_cost: 4, ..Policy::default() };
         let db = Db::open(Path::new(":memory:")).expect("an in-memory store");
-        let auth = Auth::new(db, Arc::new(Shared::new(config.policy.clone())));
-        (auth, config)
+        let metrics = Arc::new(Metrics::default());
+        let auth = Auth::new(db, Arc::new(Shared::new(config.policy.clone(), Arc::clone(&metrics))));
+        (auth, config, metrics)
     };
 }
 
@@ -45,8 +47,8 @@ fuzz_target!(|data: &[u8]| {
         .get(usize::from(data[1]))
         .map_or(raw_path.as_str(), |(_, p)| p);
 
-    SERVICE.with(|(auth, config)| {
-        let ctx = Context { auth, config };
+    SERVICE.with(|(auth, config, metrics)| {
+        let ctx = Context { auth, config, metrics };
         let rq = Request {
             method,
             path,
