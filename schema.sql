@@ -1,7 +1,9 @@
--- auth-service schema, version 1.
+-- auth-service schema, version 1: the first step of MIGRATIONS in src/db/sqlite.rs (its
+-- twin for PostgreSQL, schema.postgres.sql, is the first step in src/db/postgres.rs).
 --
--- Applied by Db::open in one transaction when PRAGMA user_version is 0. Later versions are
--- appended to MIGRATIONS in src/db.rs as separate steps; this file is never edited in place.
+-- Db::open applies the steps a database has not seen in one transaction and records their
+-- number in PRAGMA user_version. A later change to the schema is a new step appended to both
+-- lists; this file is never edited in place.
 
 -- One row a user. The reference's columns, plus the times that expiry needs.
 -- session_id and reset_token hold SHA-256 digests (hex) of the tokens the client holds,

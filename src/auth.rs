@@ -1,11 +1,11 @@
 //! `Auth`: the reference's `auth.py` (registration, login, sessions, password resets), plus
-//! what a real service needs: expiry, a login throttle, tokens hashed at rest, and a bound on
-//! how much bcrypt work runs at once.
+//! what a real service needs: expiry, a login throttle, tokens hashed at rest, a dummy hash that
+//! makes unknown emails cost what known ones do, and reset tokens handed to a delivery queue.
 //!
 //! Each worker owns an `Auth` (and through it a [`Db`] connection); what must be common to all
-//! workers (policy, metrics, the reset delivery queue) lives in [`Shared`] behind an `Arc`.
-//! bcrypt never runs inside a database transaction or under a lock; the server bounds how much
-//! of it runs at once.
+//! workers (the policy, the counters, the delivery queue) lives in [`Shared`] behind an `Arc`.
+//! bcrypt never runs inside a database transaction or under a lock; where and how much of it
+//! runs at once is the server's slow lane's business.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -2,7 +2,7 @@
 //!
 //! Plain atomics: a request touches two or three of them, never a lock.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{OnceLock, Weak};
 use std::time::Duration;
@@ -118,99 +118,125 @@ impl Metrics {
 
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP auth_requests_total HTTP requests answered, by route and status.\n");
-        out.push_str("# TYPE auth_requests_total counter\n");
+        let mut out = Exposition(String::with_capacity(4096));
+        out.family(
+            "auth_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status.",
+        );
         for (route, row) in ROUTES.iter().zip(&self.requests) {
             for (i, n) in row.iter().enumerate() {
                 let n = n.load(Relaxed);
-                if n == 0 {
-                    continue;
+                if n > 0 {
+                    let status = STATUSES.get(i).map_or("other".to_owned(), u16::to_string);
+                    let labels = format!("route=\"{route}\",status=\"{status}\"");
+                    out.sample("auth_requests_total", &labels, n);
                 }
-                let status = STATUSES.get(i).map_or("other".to_owned(), u16::to_string);
-                let _ = writeln!(
-                    out,
-                    "auth_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
             }
         }
         let connections = self.connections.get().and_then(Weak::upgrade);
         let (in_flight, open, refused) = connections.map_or((0, 0, 0), |c| {
             (c.requests_in_progress(), c.open(), c.refused())
         });
-        out.push_str(
-            "# HELP auth_requests_in_flight Requests from their first byte until answered.\n",
+        out.single(
+            "auth_requests_in_flight",
+            "gauge",
+            "Requests from their first byte until answered.",
+            in_flight,
         );
-        out.push_str("# TYPE auth_requests_in_flight gauge\n");
-        let _ = writeln!(out, "auth_requests_in_flight {in_flight}");
-        out.push_str("# HELP auth_connections_open Client connections open now.\n");
-        out.push_str("# TYPE auth_connections_open gauge\n");
-        let _ = writeln!(out, "auth_connections_open {open}");
-        out.push_str(
-            "# HELP auth_connections_refused_total Connections closed as soon as accepted: \
-             over --max-connections, or no thread or descriptor left.\n",
+        out.single(
+            "auth_connections_open",
+            "gauge",
+            "Client connections open now.",
+            open,
         );
-        out.push_str("# TYPE auth_connections_refused_total counter\n");
-        let _ = writeln!(out, "auth_connections_refused_total {refused}");
-        out.push_str("# HELP auth_logins_total Login attempts, by outcome.\n");
-        out.push_str("# TYPE auth_logins_total counter\n");
-        for (name, n) in ["ok", "failed", "throttled"].iter().zip(&self.logins) {
-            let _ = writeln!(
-                out,
-                "auth_logins_total{{outcome=\"{name}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        out.push_str("# HELP auth_registrations_total Users registered.\n");
-        out.push_str("# TYPE auth_registrations_total counter\n");
-        let _ = writeln!(
-            out,
-            "auth_registrations_total {}",
-            self.registrations.load(Relaxed)
+        out.single(
+            "auth_connections_refused_total",
+            "counter",
+            "Connections closed as soon as accepted: over --max-connections, or no thread or \
+             descriptor left.",
+            refused,
         );
-        out.push_str("# HELP auth_password_resets_total Password resets, by stage.\n");
-        out.push_str("# TYPE auth_password_resets_total counter\n");
-        let _ = writeln!(
-            out,
-            "auth_password_resets_total{{stage=\"requested\"}} {}",
-            self.resets_requested.load(Relaxed)
+        out.by_label(
+            "auth_logins_total",
+            "Login attempts, by outcome.",
+            "outcome",
+            ["ok", "failed", "throttled"].into_iter().zip(&self.logins),
         );
-        let _ = writeln!(
-            out,
-            "auth_password_resets_total{{stage=\"completed\"}} {}",
-            self.resets_completed.load(Relaxed)
+        out.single(
+            "auth_registrations_total",
+            "counter",
+            "Users registered.",
+            self.registrations.load(Relaxed),
         );
-        out.push_str("# HELP auth_reset_deliveries_total Runs of the reset command, by outcome.\n");
-        out.push_str("# TYPE auth_reset_deliveries_total counter\n");
-        for (outcome, n) in ["sent", "failed"].iter().zip(&self.reset_deliveries) {
-            let _ = writeln!(
-                out,
-                "auth_reset_deliveries_total{{outcome=\"{outcome}\"}} {}",
-                n.load(Relaxed)
-            );
-        }
-        out.push_str("# HELP auth_bcrypt_verify_seconds Time of one bcrypt verification.\n");
-        out.push_str("# TYPE auth_bcrypt_verify_seconds histogram\n");
+        out.by_label(
+            "auth_password_resets_total",
+            "Password resets, by stage.",
+            "stage",
+            [
+                ("requested", &self.resets_requested),
+                ("completed", &self.resets_completed),
+            ],
+        );
+        out.by_label(
+            "auth_reset_deliveries_total",
+            "Runs of the reset command, by outcome.",
+            "outcome",
+            ["sent", "failed"].into_iter().zip(&self.reset_deliveries),
+        );
+        let name = "auth_bcrypt_verify_seconds";
+        out.family(name, "histogram", "Time of one bcrypt verification.");
         for (le, n) in BCRYPT_BUCKETS.iter().zip(&self.bcrypt_buckets) {
-            let _ = writeln!(
-                out,
-                "auth_bcrypt_verify_seconds_bucket{{le=\"{le}\"}} {}",
-                n.load(Relaxed)
+            out.sample(
+                &format!("{name}_bucket"),
+                &format!("le=\"{le}\""),
+                n.load(Relaxed),
             );
         }
         // Read after the buckets, so +Inf is never below a bucket that a racing
         // verification has already incremented.
         let count = self.bcrypt_count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "auth_bcrypt_verify_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "auth_bcrypt_verify_seconds_sum {}",
-            self.bcrypt_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "auth_bcrypt_verify_seconds_count {count}");
-        out
+        out.sample(&format!("{name}_bucket"), "le=\"+Inf\"", count);
+        let sum = self.bcrypt_micros.load(Relaxed) as f64 / 1e6;
+        out.sample(&format!("{name}_sum"), "", sum);
+        out.sample(&format!("{name}_count"), "", count);
+        out.0
+    }
+}
+
+/// The text exposition being written: families (`# HELP`, `# TYPE`) and their samples.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; `labels` as they go between the braces, or empty for none.
+    fn sample(&mut self, name: &str, labels: &str, value: impl fmt::Display) {
+        let _ = match labels {
+            "" => writeln!(self.0, "{name} {value}"),
+            labels => writeln!(self.0, "{name}{{{labels}}} {value}"),
+        };
+    }
+
+    /// A family of one sample without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", value);
+    }
+
+    /// A counter with one sample per value of `label`.
+    fn by_label<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+    ) {
+        self.family(name, "counter", help);
+        for (value, n) in samples {
+            self.sample(name, &format!("{label}=\"{value}\""), n.load(Relaxed));
+        }
     }
 }

@@ -188,37 +188,28 @@ impl Server {
         let http = Arc::clone(&stopper.0.http);
         let mut dbs = dbs.into_iter();
         let mut threads = Vec::new();
-        for (i, db) in dbs.by_ref().take(config.workers).enumerate() {
+        let mut start = |name: String, db: Db, body: Box<dyn FnOnce(&Context<'_>) + Send>| {
             let auth = Auth::new(db, Arc::clone(&shared));
             let (config, metrics) = (Arc::clone(&config), Arc::clone(&metrics));
-            let (stopper, worker_lane) = (stopper.clone(), Arc::clone(&lane));
-            let spawned = std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || {
-                    let ctx = Context {
-                        auth: &auth,
-                        config: &config,
-                        metrics: &metrics,
-                    };
-                    worker_loop(&ctx, handler, &stopper, &worker_lane)
-                });
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                body(&Context {
+                    auth: &auth,
+                    config: &config,
+                    metrics: &metrics,
+                })
+            });
             threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
+            Ok::<(), ServerError>(())
+        };
+        for (i, db) in dbs.by_ref().take(config.workers).enumerate() {
+            let (stopper, lane) = (stopper.clone(), Arc::clone(&lane));
+            let work = move |ctx: &Context<'_>| worker_loop(ctx, handler, &stopper, &lane);
+            start(format!("worker-{i}"), db, Box::new(work))?;
         }
         for (i, db) in dbs.enumerate() {
-            let auth = Auth::new(db, Arc::clone(&shared));
-            let (config, metrics) = (Arc::clone(&config), Arc::clone(&metrics));
-            let lane_thread = Arc::clone(&lane);
-            let spawned = std::thread::Builder::new()
-                .name(format!("bcrypt-{i}"))
-                .spawn(move || {
-                    let ctx = Context {
-                        auth: &auth,
-                        config: &config,
-                        metrics: &metrics,
-                    };
-                    lane_loop(&ctx, handler, &lane_thread)
-                });
-            threads.push(spawned.map_err(|e| abandon(&http, &lane, e))?);
+            let lane = Arc::clone(&lane);
+            let work = move |ctx: &Context<'_>| lane_loop(ctx, handler, &lane);
+            start(format!("bcrypt-{i}"), db, Box::new(work))?;
         }
         Ok(Server {
             addr,
@@ -613,58 +604,27 @@ fn write_response(request: tiny_http::Request, reply: &Reply) -> io::Result<()> 
     request.into_writer().write_all(&out)
 }
 
-/// The `Date` header's value (RFC 9110 5.6.7), formatted once a second per thread.
+/// The `Date` header's value (RFC 9110 5.6.7), formatted (by `httpdate`) once a second per
+/// thread.
 mod http_date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
     thread_local! {
-        static LAST: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
     /// Appends the current time as `Sun, 06 Nov 1994 08:49:37 GMT`.
     pub fn push_now(out: &mut Vec<u8>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        LAST.with_borrow_mut(|(secs, text)| {
-            if *secs != now {
-                *secs = now;
-                *text = format(now);
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        LAST.with_borrow_mut(|(last, text)| {
+            if *last != secs {
+                *last = secs;
+                *text = httpdate::fmt_http_date(now);
             }
-            out.extend_from_slice(text);
+            out.extend_from_slice(text.as_bytes());
         });
-    }
-
-    pub fn format(secs: u64) -> [u8; 29] {
-        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        // Days to a civil date (Howard Hinnant's algorithm), from 1970-01-01, a Thursday.
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        let text = std::format!(
-            "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
-            DAYS[(days % 7) as usize],
-            MONTHS[(month - 1) as usize],
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        );
-        let mut out = [b' '; 29];
-        let n = text.len().min(29);
-        out[..n].copy_from_slice(&text.as_bytes()[..n]);
-        out
     }
 }
 
@@ -689,20 +649,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_are_imf_fixdate() {
-        assert_eq!(
-            &http_date::format(784_111_777),
-            b"Sun, 06 Nov 1994 08:49:37 GMT"
-        );
-        assert_eq!(&http_date::format(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            &http_date::format(951_782_400),
-            b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-        assert_eq!(
-            &http_date::format(4_102_444_799),
-            b"Thu, 31 Dec 2099 23:59:59 GMT"
-        );
+    fn the_date_header_is_now_as_an_imf_fixdate() {
+        let mut out = Vec::new();
+        http_date::push_now(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.len(), 29, "{text}");
+        assert!(text.ends_with(" GMT"), "{text}");
+        let date = httpdate::parse_http_date(&text).unwrap();
+        let skew = std::time::SystemTime::now().duration_since(date).unwrap();
+        assert!(skew < Duration::from_secs(2), "{text}");
     }
 
     #[test]
