@@ -23,7 +23,7 @@ use crate::auth::{Auth, Shared};
 use crate::config::{self, Config};
 use crate::db::{Db, DbError};
 use crate::metrics::{Connections, Metrics};
-use crate::slow_lane::SlowLane;
+use crate::slow_lane::{self, SlowLane};
 use crate::user::ClientAddress;
 
 /// How often a stopping server looks whether its in-flight requests are done.
@@ -377,9 +377,15 @@ fn worker_loop(ctx: &Context<'_>, handler: Handler, stopper: &Stopper, lane: &Sl
 }
 
 /// One slow-lane thread: answer the bcrypt requests the workers hand over, until the lane is
-/// closed.
+/// closed. A request that has waited past the lane's bound anyway (the machine slowed down
+/// after it was admitted) is refused as it would have been at the door, rather than kept
+/// waiting longer than promised.
 fn lane_loop(ctx: &Context<'_>, handler: Handler, lane: &SlowLane<Job>) {
     while let Some(job) = lane.pop() {
+        if job.started.elapsed() > slow_lane::MAX_WAIT {
+            send_reply(ctx, job, app::error_reply(AppError::Busy));
+            continue;
+        }
         let started = Instant::now();
         run_handler(ctx, handler, job);
         lane.record(started.elapsed());

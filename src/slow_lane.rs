@@ -11,6 +11,8 @@
 //!   its expected wait passes [`MAX_WAIT`]: the requests served before it, under the turn
 //!   taking, times the measured time of one request, shared among the threads. So a flood
 //!   fills its own address's share of the lane, and what is admitted is answered in seconds.
+//!   (The server also refuses a request that has waited past the bound anyway, when its turn
+//!   comes.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
