@@ -79,21 +79,25 @@ impl Reply {
         }
     }
 
-    /// `{"message": "..."}`, the body of every error.
-    pub fn message(status: u16, message: &str) -> Reply {
-        Reply::json(status, json!({ "message": message }))
-    }
-
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
 
+    /// `{"message": "..."}`, the body of every error: made by `error_reply` alone.
+    fn message(status: u16, message: &str) -> Reply {
+        Reply::json(status, json!({ "message": message }))
+    }
+
+    /// The same reply, with `cause` for the server's log (never for the client).
+    fn logging(mut self, cause: impl fmt::Display) -> Reply {
+        self.log = Some(cause.to_string());
+        self
+    }
+
     /// The 500 reply: an opaque body, the cause for the log only.
-    pub fn internal_error(cause: impl fmt::Display) -> Reply {
-        let mut reply = Reply::message(500, "internal error");
-        reply.log = Some(cause.to_string());
-        reply
+    fn internal_error(cause: impl fmt::Display) -> Reply {
+        Reply::message(500, "internal error").logging(cause)
     }
 }
 
@@ -129,8 +133,11 @@ pub enum AppError {
     Invalid(&'static str, InputError),
     /// No session cookie, or one that names no live session.
     NoSession,
+    /// No route has this path.
     NotFound,
+    /// The path is routed, for other methods: these (the `Allow` header).
     MethodNotAllowed(String),
+    /// `Auth` refused: each of its errors has its own status.
     Auth(AuthError),
 }
 
@@ -150,11 +157,8 @@ pub fn error_reply(error: AppError) -> Reply {
         AppError::BodyTimeout => Reply::message(408, "request body took too long to arrive"),
         AppError::Busy => Reply::message(503, "too many password checks waiting, try again")
             .with_header("Retry-After", "1"),
-        AppError::Unhealthy(e) => {
-            let mut reply = Reply::message(503, "database unavailable");
-            reply.log = Some(format!("health check failed: {e}"));
-            reply
-        }
+        AppError::Unhealthy(e) => Reply::message(503, "database unavailable")
+            .logging(format_args!("health check failed: {e}")),
         AppError::Panicked => Reply::internal_error("the handler panicked"),
         AppError::BadForm => Reply::message(400, "body is not valid form data"),
         AppError::MissingField(field) => Reply::message(400, &format!("{field} is required")),
