@@ -10,10 +10,10 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use crate::auth::{Auth, AuthError, ResetDelivery};
+use crate::auth::{Auth, AuthError, LiveSession, ResetDelivery};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::user::{Email, InputError, Password};
+use crate::user::{ClientAddress, Email, InputError, Password};
 
 /// The cookie that carries the session id.
 pub const SESSION_COOKIE: &str = "session_id";
@@ -25,19 +25,41 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/users"),
     ("POST", "/sessions"),
     ("DELETE", "/sessions"),
+    ("GET", "/sessions"),
+    ("DELETE", "/sessions/{id}"),
     ("GET", "/profile"),
+    ("DELETE", "/profile"),
+    ("PUT", "/password"),
     ("POST", "/reset_password"),
     ("PUT", "/reset_password"),
     ("GET", "/health"),
     ("GET", "/metrics"),
 ];
 
+/// The route a path belongs to, as [`ROUTES`] writes it (`/sessions/{id}` for any session's
+/// path); `None` for a path no route has.
+pub fn route(path: &str) -> Option<&'static str> {
+    ROUTES
+        .iter()
+        .map(|(_, route)| *route)
+        .find(|route| match route.strip_suffix("{id}") {
+            Some(prefix) => path
+                .strip_prefix(prefix)
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+            None => *route == path,
+        })
+}
+
 /// Whether a route runs bcrypt (hashing or verifying a password): the server answers these on
 /// threads of their own so that they never hold up cheap requests.
 pub fn runs_bcrypt(method: &str, path: &str) -> bool {
     matches!(
         (method, path),
-        ("POST", "/users") | ("POST", "/sessions") | ("PUT", "/reset_password")
+        ("POST", "/users")
+            | ("POST", "/sessions")
+            | ("PUT", "/reset_password")
+            | ("PUT", "/password")
+            | ("DELETE", "/profile")
     )
 }
 
@@ -47,6 +69,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The path without its query string.
     pub path: &'a str,
+    /// The query string (after `?`), if any.
+    pub query: Option<&'a str>,
     /// The raw `Cookie` header, if any.
     pub cookie: Option<&'a str>,
     /// The `X-Forwarded-For` header lines, if any, joined with commas in order (used only with
@@ -133,6 +157,8 @@ pub enum AppError {
     Invalid(&'static str, InputError),
     /// No session cookie, or one that names no live session.
     NoSession,
+    /// `DELETE /sessions?scope=` with a scope that is neither `others` nor `all`.
+    BadScope,
     /// No route has this path.
     NotFound,
     /// The path is routed, for other methods: these (the `Allow` header).
@@ -164,6 +190,7 @@ pub fn error_reply(error: AppError) -> Reply {
         AppError::MissingField(field) => Reply::message(400, &format!("{field} is required")),
         AppError::Invalid(field, e) => Reply::message(400, &format!("{field} {}", e.reason())),
         AppError::NoSession => Reply::message(403, "no valid session"),
+        AppError::BadScope => Reply::message(400, "scope must be others or all"),
         AppError::NotFound => Reply::message(404, "not found"),
         AppError::MethodNotAllowed(allow) => {
             Reply::message(405, "method not allowed").with_header("Allow", allow)
@@ -177,6 +204,11 @@ pub fn error_reply(error: AppError) -> Reply {
                 Reply::message(429, "too many failed logins, try again later")
                     .with_header("Retry-After", retry_after.to_string())
             }
+            AuthError::RateLimited { retry_after } => {
+                Reply::message(429, "too many requests, try again later")
+                    .with_header("Retry-After", retry_after.to_string())
+            }
+            AuthError::UnknownSession => Reply::message(404, "session not found"),
             AuthError::DeliveryQueueFull => {
                 Reply::message(503, "too many reset tokens waiting to be sent, try again")
                     .with_header("Retry-After", "1")
@@ -202,7 +234,11 @@ pub fn handle(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
         ("POST", "/users") => users(ctx, rq),
         ("POST", "/sessions") => login(ctx, rq),
         ("DELETE", "/sessions") => logout(ctx, rq),
+        ("GET", "/sessions") => sessions(ctx, rq),
+        ("DELETE", path) if route(path) == Some("/sessions/{id}") => end_session(ctx, rq),
         ("GET", "/profile") => profile(ctx, rq),
+        ("DELETE", "/profile") => delete_profile(ctx, rq),
+        ("PUT", "/password") => change_password(ctx, rq),
         ("POST", "/reset_password") => get_reset_password_token(ctx, rq),
         ("PUT", "/reset_password") => update_password(ctx, rq),
         ("GET", "/health") => health(ctx),
@@ -217,9 +253,10 @@ pub fn handle(ctx: &Context<'_>, rq: &Request<'_>) -> Reply {
 
 /// The `Allow` header's value for a known path; `None` for an unknown one.
 fn allowed_methods(path: &str, metrics: bool) -> Option<String> {
+    let route = route(path)?;
     let methods: Vec<&str> = ROUTES
         .iter()
-        .filter(|(_, p)| *p == path && (metrics || *p != "/metrics"))
+        .filter(|(_, r)| *r == route && (metrics || *r != "/metrics"))
         .flat_map(|(m, _)| match *m {
             "GET" => &["GET", "HEAD"][..],
             _ => std::slice::from_ref(m),
@@ -240,7 +277,7 @@ fn users(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let email = form.email("email")?;
     let password = form.password("password")?;
     ctx.auth
-        .register_user(&email, &password)
+        .sign_up(client(ctx, rq), &email, &password)
         .map_err(about("password"))?;
     Ok(Reply::json(
         200,
@@ -253,9 +290,7 @@ fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
     let password = form.password("password")?;
-    let session_id = ctx
-        .auth
-        .log_in(client_address(ctx, rq), &email, &password)?;
+    let session_id = ctx.auth.log_in(client(ctx, rq), &email, &password)?;
     let max_age = ctx.config.policy.session_ttl;
     Ok(Reply::json(
         200,
@@ -264,32 +299,92 @@ fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     .with_header("Set-Cookie", session_cookie(ctx, &session_id, max_age)))
 }
 
-/// `DELETE /sessions`: log out, clearing the cookie, and go home.
+/// `DELETE /sessions`: log out (this session, or with `?scope=all` every one of the user's),
+/// clearing the cookie, and go home; with `?scope=others`, end every other session.
 fn logout(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
-    let user = ctx
-        .auth
-        .get_user_from_session_id(session_id(rq))?
-        .ok_or(AppError::NoSession)?;
-    ctx.auth.destroy_session(user.id)?;
+    let live = live_session(ctx, rq)?;
+    let query = Form::parse(rq.query.unwrap_or_default().as_bytes())?;
+    match query.get("scope") {
+        None => ctx.auth.log_out(&live)?,
+        Some("all") => drop(ctx.auth.end_all_sessions(&live)?),
+        Some("others") => {
+            let ended = ctx.auth.end_other_sessions(&live)?;
+            let body = json!({ "ended": ended, "message": "other sessions ended" });
+            return Ok(Reply::json(200, body));
+        }
+        Some(_) => return Err(AppError::BadScope),
+    }
     Ok(Reply::json(302, json!({ "message": "logged out" }))
         .with_header("Location", "/")
         .with_header("Set-Cookie", session_cookie(ctx, "", 0)))
 }
 
+/// `GET /sessions`: the caller's sessions, most recently used first, by their public handles.
+fn sessions(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let live = live_session(ctx, rq)?;
+    let sessions: Vec<serde_json::Value> = ctx
+        .auth
+        .sessions(&live)?
+        .into_iter()
+        .map(|(session, current)| {
+            json!({
+                "id": session.handle,
+                "created_at": rfc3339(session.created_at),
+                "last_seen_at": rfc3339(session.seen_at),
+                "current": current,
+            })
+        })
+        .collect();
+    Ok(Reply::json(200, json!({ "sessions": sessions })))
+}
+
+/// `DELETE /sessions/<id>`: end one of the caller's sessions by its handle.
+fn end_session(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let live = live_session(ctx, rq)?;
+    let handle = rq.path.rsplit('/').next().unwrap_or_default();
+    ctx.auth.end_session(&live, handle)?;
+    Ok(Reply::json(200, json!({ "message": "session ended" })))
+}
+
 /// `GET /profile`: who the session belongs to.
 fn profile(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
-    let user = ctx
-        .auth
-        .get_user_from_session_id(session_id(rq))?
-        .ok_or(AppError::NoSession)?;
-    Ok(Reply::json(200, json!({ "email": user.email })))
+    let live = live_session(ctx, rq)?;
+    Ok(Reply::json(200, json!({ "email": live.user.email })))
+}
+
+/// `DELETE /profile`: delete the caller's account, given its password.
+fn delete_profile(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let live = live_session(ctx, rq)?;
+    let form = Form::parse(rq.body)?;
+    let password = form.password("password")?;
+    ctx.auth.delete_account(client(ctx, rq), &live, &password)?;
+    Ok(Reply::json(
+        200,
+        json!({ "email": live.user.email, "message": "user deleted" }),
+    )
+    .with_header("Set-Cookie", session_cookie(ctx, "", 0)))
+}
+
+/// `PUT /password`: change the password, given the current one; the other sessions end.
+fn change_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
+    let live = live_session(ctx, rq)?;
+    let form = Form::parse(rq.body)?;
+    let current = form.password("password")?;
+    let new = form.password("new_password")?;
+    ctx.auth
+        .change_password(client(ctx, rq), &live, &current, &new)
+        .map_err(about("new_password"))?;
+    Ok(Reply::json(
+        200,
+        json!({ "email": live.user.email, "message": "Password updated" }),
+    ))
 }
 
 /// `POST /reset_password`: issue a reset token, in the response or through the command.
 fn get_reset_password_token(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
-    let body = match ctx.auth.request_password_reset(&email)? {
+    let body = match ctx.auth.request_password_reset(client(ctx, rq), &email)? {
         ResetDelivery::Token(token) => json!({ "email": email.as_str(), "reset_token": token }),
         ResetDelivery::Sent => json!({ "email": email.as_str(), "message": "reset token sent" }),
     };
@@ -336,6 +431,34 @@ fn session_cookie(ctx: &Context<'_>, value: &str, max_age: i64) -> String {
         ""
     };
     format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// The live session the request's cookie names; [`AppError::NoSession`] without one.
+fn live_session(ctx: &Context<'_>, rq: &Request<'_>) -> Result<LiveSession, AppError> {
+    ctx.auth.session(session_id(rq))?.ok_or(AppError::NoSession)
+}
+
+/// The client as the abuse limits count it.
+fn client(ctx: &Context<'_>, rq: &Request<'_>) -> ClientAddress {
+    ClientAddress::new(client_address(ctx, rq))
+}
+
+/// A time in Unix milliseconds as RFC 3339 UTC, to the second: `2026-12-01T23:59:07Z`.
+fn rfc3339(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 /// The `session_id` cookie's value, if the request carries one.
@@ -471,10 +594,31 @@ mod tests {
     }
 
     #[test]
+    fn times_are_rfc_3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(784_111_777_999), "1994-11-06T08:49:37Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_102_444_799_000), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn paths_find_their_routes() {
+        assert_eq!(route("/sessions"), Some("/sessions"));
+        assert_eq!(route("/sessions/4b1c"), Some("/sessions/{id}"));
+        assert_eq!(route("/sessions/"), None);
+        assert_eq!(route("/sessions/a/b"), None);
+        assert_eq!(route("/nope"), None);
+    }
+
+    #[test]
     fn allowed_methods_lists_every_method_of_a_path() {
         assert_eq!(
             allowed_methods("/sessions", false).as_deref(),
-            Some("POST, DELETE")
+            Some("POST, DELETE, GET, HEAD")
+        );
+        assert_eq!(
+            allowed_methods("/sessions/abc", false).as_deref(),
+            Some("DELETE")
         );
         assert_eq!(allowed_methods("/metrics", false), None);
         assert_eq!(

@@ -8,18 +8,17 @@
 //! runs at once is the server's slow lane's business.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Db, DbError, Value};
+use crate::db::{now_millis, Count, Db, DbError, EndSessions, IfStill};
 use crate::delivery::Deliveries;
-use crate::metrics::{LoginOutcome, Metrics};
-use crate::user::{Email, InputError, Password, User};
+use crate::metrics::{Limit, LoginOutcome, Metrics, SessionEnd};
+use crate::user::{ClientAddress, Email, InputError, Password, Session, User};
 
 /// The rules `Auth` applies, from the command line.
 #[derive(Debug, Clone)]
@@ -32,6 +31,15 @@ pub struct Policy {
     pub max_login_failures: u32,
     pub login_window: i64,
     pub min_password_length: usize,
+    pub max_sessions: u32,
+    pub reset_keeps_sessions: bool,
+    /// Registrations per client address per `registration_window`; 0 for no limit.
+    pub max_registrations: u32,
+    pub registration_window: i64,
+    /// Reset requests per email per `reset_window` (ten times that per address); 0 for no
+    /// limit.
+    pub max_reset_requests: u32,
+    pub reset_window: i64,
 }
 
 impl Default for Policy {
@@ -42,8 +50,13 @@ impl Default for Policy {
     }
 }
 
-/// The per-address cap across all emails is this many times the per-pair limit.
+/// A limit per address across all emails is this many times the limit per email (the login
+/// throttle's, the reset requests').
 const ADDRESS_CAP_FACTOR: u32 = 10;
+/// Counters and sessions are pruned every this many counts and logins.
+const PRUNE_EVERY: u64 = 256;
+/// The most expired sessions one prune deletes.
+const PRUNE_SESSIONS: usize = 1000;
 
 /// Everything that can go wrong in `Auth`. Messages are lowercase and carry no secret.
 #[derive(Debug)]
@@ -59,6 +72,11 @@ pub enum AuthError {
     /// Too many failed logins from this address (for this email, or for all); retry after
     /// this many seconds.
     Throttled { retry_after: u64 },
+    /// Too many registrations from this address, or reset requests for this email or from
+    /// this address; retry after this many seconds.
+    RateLimited { retry_after: u64 },
+    /// No session of the caller's has this handle.
+    UnknownSession,
     /// The reset delivery queue is full; retry after a second.
     DeliveryQueueFull,
     /// A new password is shorter than the policy's `--min-password-length`.
@@ -80,6 +98,10 @@ impl fmt::Display for AuthError {
             AuthError::Throttled { retry_after } => {
                 write!(f, "too many failed logins, retry in {retry_after} s")
             }
+            AuthError::RateLimited { retry_after } => {
+                write!(f, "too many requests, retry in {retry_after} s")
+            }
+            AuthError::UnknownSession => write!(f, "no such session"),
             AuthError::DeliveryQueueFull => write!(f, "too many reset tokens waiting to be sent"),
             AuthError::Input(e) => write!(f, "{e}"),
             AuthError::Hash(e) => write!(f, "bcrypt failed: {e}"),
@@ -117,6 +139,15 @@ impl From<bcrypt::BcryptError> for AuthError {
     }
 }
 
+/// A live session, found from the id a request carries: who holds it, and the session.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub user: User,
+    pub session: Session,
+    /// The digest of the session id (what the store knows it by).
+    digest: String,
+}
+
 /// What a password-reset request produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResetDelivery {
@@ -139,7 +170,9 @@ pub struct Shared {
     /// A hash that matches nothing, verified for unknown emails so they cost what a wrong
     /// password costs and the time of a login does not tell whether an address is registered.
     dummy_hash: String,
-    failures_since_prune: AtomicU64,
+    /// Counts and logins since start, to prune now and then.
+    counted: AtomicU64,
+    sessions_started: AtomicU64,
 }
 
 impl Shared {
@@ -164,7 +197,8 @@ impl Shared {
             deliveries,
             bcrypt_estimate,
             dummy_hash,
-            failures_since_prune: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
+            sessions_started: AtomicU64::new(0),
         }
     }
 
@@ -201,20 +235,11 @@ impl Auth {
         &self.shared.policy
     }
 
+    // --- The reference's methods -------------------------------------------------------------
+
     /// A salted bcrypt hash of `password` at the configured cost.
     pub fn hash_password(&self, password: &Password) -> Result<String, AuthError> {
         Ok(bcrypt::hash(password.as_str(), self.policy().bcrypt_cost)?)
-    }
-
-    /// A password being set (at registration or reset) must be `--min-password-length`
-    /// characters long; one offered at login need not, so that raising the minimum locks
-    /// nobody out.
-    fn check_new_password(&self, password: &Password) -> Result<(), AuthError> {
-        let min = self.policy().min_password_length;
-        if password.as_str().chars().count() < min {
-            return Err(AuthError::Input(InputError::PasswordTooShort(min)));
-        }
-        Ok(())
     }
 
     /// Registers a user. [`AuthError::UserExists`] when the email is taken in any case;
@@ -223,11 +248,7 @@ impl Auth {
         self.check_new_password(password)?;
         // Checked first so a taken address costs no bcrypt; the unique constraint below still
         // decides between two racing registrations.
-        if self
-            .db
-            .find_user(&[("email", email.as_str().into())])?
-            .is_some()
-        {
+        if self.find_by_email(email)?.is_some() {
             return Err(AuthError::UserExists(email.to_string()));
         }
         let hashed = self.hash_password(password)?;
@@ -247,130 +268,39 @@ impl Auth {
         Ok(self.check_password(email, password)?.is_some())
     }
 
-    fn check_password(
-        &self,
-        email: &Email,
-        password: &Password,
-    ) -> Result<Option<User>, AuthError> {
-        let user = self.db.find_user(&[("email", email.as_str().into())])?;
-        let hash = user
-            .as_ref()
-            .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
-        let matched = {
-            let started = Instant::now();
-            let matched = bcrypt::verify(password.as_str(), hash)?;
-            self.shared.metrics.bcrypt_verified(started.elapsed());
-            matched
-        };
-        Ok(user.filter(|_| matched))
-    }
-
     /// A new random UUID (version 4), as text.
     pub fn generate_uuid() -> String {
         uuid::Uuid::new_v4().to_string()
     }
 
-    /// Starts a session for `email`, replacing any earlier one, and returns its id. Only the
-    /// id's digest is stored.
+    /// Starts one more session for `email` and returns its id (only its digest is stored).
+    /// Past `--max-sessions`, the user's least recently used session ends.
     pub fn create_session(&self, email: &Email) -> Result<String, AuthError> {
-        let user = self.find_by_email(email)?;
-        self.start_session(user.id)
-    }
-
-    fn start_session(&self, user_id: i64) -> Result<String, AuthError> {
-        let session_id = Auth::generate_uuid();
-        let now = now();
-        self.db.update_user(
-            user_id,
-            &[
-                ("session_id", digest(&session_id).into()),
-                ("session_created_at", now.into()),
-                ("session_seen_at", now.into()),
-            ],
-        )?;
-        Ok(session_id)
+        let user = self.find_by_email(email)?.ok_or(AuthError::UnknownUser)?;
+        self.start_session(&user, &user.hashed_password)?
+            .ok_or(AuthError::InvalidLogin)
     }
 
     /// The user whose live session this is; `None` for no id, an unknown id or an expired
-    /// session (absolute lifetime or idle time). Keeps an active session alive, writing at
-    /// most about once a minute.
+    /// session (absolute lifetime or idle time).
     pub fn get_user_from_session_id(
         &self,
         session_id: Option<&str>,
     ) -> Result<Option<User>, AuthError> {
-        let Some(session_id) = session_id.filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        let hashed = digest(session_id);
-        let Some(user) = self
-            .db
-            .find_user(&[("session_id", hashed.clone().into())])?
-        else {
-            return Ok(None);
-        };
-        let now = now();
-        let policy = self.policy();
-        let created = user.session_created_at.unwrap_or(i64::MIN);
-        let seen = user.session_seen_at.unwrap_or(i64::MIN);
-        if now >= created.saturating_add(policy.session_ttl)
-            || now >= seen.saturating_add(policy.session_idle)
-        {
-            return Ok(None);
-        }
-        // Refresh the idle clock only now and then, so a busy session is not a write per read.
-        let refresh_every = (policy.session_idle / 2).clamp(0, 60);
-        if now - seen >= refresh_every {
-            self.db.update_user_if(
-                user.id,
-                &[("session_id", hashed.into())],
-                &[("session_seen_at", now.into())],
-            )?;
-        }
-        Ok(Some(user))
+        Ok(self.session(session_id)?.map(|live| live.user))
     }
 
-    /// Ends `user_id`'s session.
+    /// Ends every session of `user_id`.
     pub fn destroy_session(&self, user_id: i64) -> Result<(), AuthError> {
-        self.db.update_user(
-            user_id,
-            &[
-                ("session_id", Value::Null),
-                ("session_created_at", Value::Null),
-                ("session_seen_at", Value::Null),
-            ],
-        )?;
+        self.db.end_sessions(user_id, None)?;
         Ok(())
     }
 
     /// A new reset token for `email`, replacing any earlier one; its digest is stored with an
     /// expiry. [`AuthError::UnknownUser`] for an unknown email.
     pub fn get_reset_password_token(&self, email: &Email) -> Result<String, AuthError> {
-        let user = self.find_by_email(email)?;
-        let token = Auth::generate_uuid();
-        self.db.update_user(
-            user.id,
-            &[
-                ("reset_token", digest(&token).into()),
-                ("reset_expires_at", (now() + self.policy().reset_ttl).into()),
-            ],
-        )?;
-        Ok(token)
-    }
-
-    /// `get_reset_password_token`, then delivery: queued for the reset command when one is
-    /// configured (the queue must have room before a token is made), else back to the caller
-    /// (the reference's behaviour).
-    pub fn request_password_reset(&self, email: &Email) -> Result<ResetDelivery, AuthError> {
-        let Some(deliveries) = &self.shared.deliveries else {
-            let token = self.get_reset_password_token(email)?;
-            self.shared.metrics.reset_requested();
-            return Ok(ResetDelivery::Token(token));
-        };
-        let slot = deliveries.reserve().ok_or(AuthError::DeliveryQueueFull)?;
-        let token = self.get_reset_password_token(email)?;
-        self.shared.metrics.reset_requested();
-        slot.send(email, token);
-        Ok(ResetDelivery::Sent)
+        let user = self.find_by_email(email)?.ok_or(AuthError::UnknownUser)?;
+        self.new_reset_token(&user)
     }
 
     /// Sets a new password with a reset token (the reference's signature: any user's token).
@@ -378,8 +308,228 @@ impl Auth {
         self.reset_password(None, reset_token, password)
     }
 
-    /// Sets a new password with a reset token that must belong to `email`. The token is spent,
-    /// and the user's session ends.
+    // --- The service's: registration, login and sessions ---------------------------------
+
+    /// A registration from `client`: [`Auth::register_user`], within `--max-registrations`
+    /// per address, counted whether or not the registration succeeds.
+    pub fn sign_up(
+        &self,
+        client: ClientAddress,
+        email: &Email,
+        password: &Password,
+    ) -> Result<User, AuthError> {
+        let policy = self.policy();
+        let scope = format!("register {client}");
+        self.within_limits(
+            &[(&scope, policy.max_registrations)],
+            policy.registration_window,
+            |retry_after| {
+                self.shared.metrics.rate_limited(Limit::Registration);
+                AuthError::RateLimited { retry_after }
+            },
+        )?;
+        self.register_user(email, password)
+    }
+
+    /// A login from `client`: the throttle, the password check, then a new session whose id is
+    /// returned. The attempt is counted against (address, email) and address before the
+    /// password is checked, in the same statement that reads the counts, so that parallel
+    /// guesses cannot overshoot the limit; a success takes its count back and clears the pair.
+    pub fn log_in(
+        &self,
+        client: ClientAddress,
+        email: &Email,
+        password: &Password,
+    ) -> Result<String, AuthError> {
+        let attempt = self.password_attempt(client, email.as_str())?;
+        let Some(user) = self.check_password(email, password)? else {
+            self.shared.metrics.login(LoginOutcome::Failed);
+            return Err(AuthError::InvalidLogin);
+        };
+        let hash = self.rehash_if_needed(&user, password)?;
+        // Only if the hash just verified is still the stored one: a reset or a password change
+        // that landed while bcrypt ran ends this login too.
+        let session_id = hash
+            .and_then(|hash| self.start_session(&user, &hash).transpose())
+            .transpose()?;
+        let Some(session_id) = session_id else {
+            self.shared.metrics.login(LoginOutcome::Failed);
+            return Err(AuthError::InvalidLogin);
+        };
+        self.attempt_succeeded(&attempt)?;
+        self.shared.metrics.login(LoginOutcome::Ok);
+        Ok(session_id)
+    }
+
+    /// The live session whose id this is, its idle clock refreshed (at most about once a
+    /// minute, so that a busy session is not a write per request); `None` for no id, an
+    /// unknown one or an expired one, which is then deleted.
+    pub fn session(&self, session_id: Option<&str>) -> Result<Option<LiveSession>, AuthError> {
+        let Some(session_id) = session_id.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let digest = digest(session_id);
+        let Some((user, session)) = self.db.session(&digest)? else {
+            return Ok(None);
+        };
+        let now = now_millis();
+        let policy = self.policy();
+        let idle = policy.session_idle.saturating_mul(1000);
+        let expired = now >= session.created_at.saturating_add(policy.session_ttl * 1000)
+            || now >= session.seen_at.saturating_add(idle);
+        if expired {
+            if self.db.end_session(&digest)? {
+                self.shared.metrics.session_ended(SessionEnd::Expired, 1);
+            }
+            return Ok(None);
+        }
+        if now - session.seen_at >= (idle / 4).min(60_000) {
+            self.db.touch_session(&digest, now)?;
+        }
+        Ok(Some(LiveSession {
+            user,
+            session,
+            digest,
+        }))
+    }
+
+    /// The sessions of `live`'s user, most recently used first, each with whether it is
+    /// `live` itself.
+    pub fn sessions(&self, live: &LiveSession) -> Result<Vec<(Session, bool)>, AuthError> {
+        let sessions = self.db.sessions(live.user.id)?;
+        Ok(sessions
+            .into_iter()
+            .map(|s| {
+                let current = s.handle == live.session.handle;
+                (s, current)
+            })
+            .collect())
+    }
+
+    /// Ends `live` (a logout).
+    pub fn log_out(&self, live: &LiveSession) -> Result<(), AuthError> {
+        if self.db.end_session(&live.digest)? {
+            self.shared.metrics.session_ended(SessionEnd::Logout, 1);
+        }
+        Ok(())
+    }
+
+    /// Ends the session of `live`'s user with this public handle.
+    /// [`AuthError::UnknownSession`] when the user has none.
+    pub fn end_session(&self, live: &LiveSession, handle: &str) -> Result<(), AuthError> {
+        if !self.db.end_session_by_handle(live.user.id, handle)? {
+            return Err(AuthError::UnknownSession);
+        }
+        self.shared.metrics.session_ended(SessionEnd::Revoked, 1);
+        Ok(())
+    }
+
+    /// Ends every session of `live`'s user but `live`; how many.
+    pub fn end_other_sessions(&self, live: &LiveSession) -> Result<usize, AuthError> {
+        let ended = self.db.end_sessions(live.user.id, Some(&live.digest))?;
+        self.shared
+            .metrics
+            .session_ended(SessionEnd::Revoked, ended);
+        Ok(ended)
+    }
+
+    /// Ends every session of `live`'s user, `live` included; how many.
+    pub fn end_all_sessions(&self, live: &LiveSession) -> Result<usize, AuthError> {
+        let ended = self.db.end_sessions(live.user.id, None)?;
+        self.shared
+            .metrics
+            .session_ended(SessionEnd::Revoked, ended);
+        Ok(ended)
+    }
+
+    // --- The service's: passwords and accounts ---------------------------------------------
+
+    /// Changes the password of `live`'s user, who must give the current one (checked, and
+    /// throttled, as a login from `client` is). Every other session of the user ends; `live`
+    /// stays.
+    pub fn change_password(
+        &self,
+        client: ClientAddress,
+        live: &LiveSession,
+        current: &Password,
+        new: &Password,
+    ) -> Result<(), AuthError> {
+        self.check_new_password(new)?;
+        let verified = self.confirm_password(client, live, current)?;
+        let new_hash = self.hash_password(new)?;
+        let changed = self.db.replace_password(
+            live.user.id,
+            IfStill::Hash(&verified),
+            &new_hash,
+            EndSessions::AllBut(&live.digest),
+        )?;
+        if !changed {
+            // The password changed (or the account went) while bcrypt ran.
+            return Err(AuthError::InvalidLogin);
+        }
+        self.shared.metrics.password_changed();
+        Ok(())
+    }
+
+    /// Deletes `live`'s user, who must give the password (checked, and throttled, as a login
+    /// from `client` is), with every session and token of theirs; the email is free again.
+    pub fn delete_account(
+        &self,
+        client: ClientAddress,
+        live: &LiveSession,
+        password: &Password,
+    ) -> Result<(), AuthError> {
+        self.confirm_password(client, live, password)?;
+        if self.db.delete_user(live.user.id)? {
+            self.shared.metrics.user_deleted();
+        }
+        Ok(())
+    }
+
+    // --- The service's: password resets ----------------------------------------------------
+
+    /// A reset request from `client`, within `--max-reset-requests` per email and ten times
+    /// that per address. With a reset command the token is queued for it (the queue must have
+    /// room before a token is made), and an unknown email gets the same answer with nothing
+    /// sent, so that the answer tells nobody who is registered; without one the token comes
+    /// back to the caller and an unknown email is [`AuthError::UnknownUser`] (the
+    /// reference's behaviour).
+    pub fn request_password_reset(
+        &self,
+        client: ClientAddress,
+        email: &Email,
+    ) -> Result<ResetDelivery, AuthError> {
+        let policy = self.policy();
+        let by_email = format!("reset {}", email.as_str().to_ascii_lowercase());
+        let by_address = format!("reset {client}");
+        let per_address = policy.max_reset_requests.saturating_mul(ADDRESS_CAP_FACTOR);
+        self.within_limits(
+            &[
+                (&by_email, policy.max_reset_requests),
+                (&by_address, per_address),
+            ],
+            policy.reset_window,
+            |retry_after| {
+                self.shared.metrics.rate_limited(Limit::Reset);
+                AuthError::RateLimited { retry_after }
+            },
+        )?;
+        let Some(deliveries) = &self.shared.deliveries else {
+            let token = self.get_reset_password_token(email)?;
+            self.shared.metrics.reset_requested();
+            return Ok(ResetDelivery::Token(token));
+        };
+        let slot = deliveries.reserve().ok_or(AuthError::DeliveryQueueFull)?;
+        if let Some(user) = self.find_by_email(email)? {
+            let token = self.new_reset_token(&user)?;
+            self.shared.metrics.reset_requested();
+            slot.send(email, token);
+        }
+        Ok(ResetDelivery::Sent)
+    }
+
+    /// Sets a new password with a reset token that must belong to `email`. The token is spent
+    /// and, unless `--reset-keeps-sessions`, every session of the user ends.
     pub fn update_password_for(
         &self,
         email: &Email,
@@ -387,6 +537,210 @@ impl Auth {
         password: &Password,
     ) -> Result<(), AuthError> {
         self.reset_password(Some(email), reset_token, password)
+    }
+
+    // --- How ---------------------------------------------------------------------------------
+
+    /// A password being set (at registration or reset) must be `--min-password-length`
+    /// characters long; one offered at login need not, so that raising the minimum locks
+    /// nobody out.
+    fn check_new_password(&self, password: &Password) -> Result<(), AuthError> {
+        let min = self.policy().min_password_length;
+        if password.as_str().chars().count() < min {
+            return Err(AuthError::Input(InputError::PasswordTooShort(min)));
+        }
+        Ok(())
+    }
+
+    fn find_by_email(&self, email: &Email) -> Result<Option<User>, AuthError> {
+        Ok(self.db.find_user(&[("email", email.as_str().into())])?)
+    }
+
+    /// `email`'s user when `password` is theirs. An unknown email costs one bcrypt
+    /// verification too, against the dummy hash.
+    fn check_password(
+        &self,
+        email: &Email,
+        password: &Password,
+    ) -> Result<Option<User>, AuthError> {
+        let user = self.find_by_email(email)?;
+        let hash = user
+            .as_ref()
+            .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
+        let matched = self.verify(password, hash)?;
+        Ok(user.filter(|_| matched))
+    }
+
+    /// bcrypt's verification, timed into the metrics.
+    fn verify(&self, password: &Password, hash: &str) -> Result<bool, AuthError> {
+        let started = Instant::now();
+        let matched = bcrypt::verify(password.as_str(), hash)?;
+        self.shared.metrics.bcrypt_verified(started.elapsed());
+        Ok(matched)
+    }
+
+    /// Checks that `password` is `live`'s user's, as a login from `client` would (throttled
+    /// alike); the hash it matched.
+    fn confirm_password(
+        &self,
+        client: ClientAddress,
+        live: &LiveSession,
+        password: &Password,
+    ) -> Result<String, AuthError> {
+        let attempt = self.password_attempt(client, &live.user.email)?;
+        let hash = &live.user.hashed_password;
+        if !self.verify(password, hash)? {
+            return Err(AuthError::InvalidLogin);
+        }
+        self.attempt_succeeded(&attempt)?;
+        Ok(hash.clone())
+    }
+
+    /// When the stored hash's cost is not the configured one, re-hashes the password just
+    /// verified at the configured cost and stores it, if the verified hash is still the
+    /// stored one: so that old accounts come to cost what unknown emails do. The hash now
+    /// stored, or `None` when it changed meanwhile.
+    fn rehash_if_needed(
+        &self,
+        user: &User,
+        password: &Password,
+    ) -> Result<Option<String>, AuthError> {
+        let cost = user
+            .hashed_password
+            .parse::<bcrypt::HashParts>()
+            .map(|h| h.get_cost())
+            .ok();
+        if cost == Some(self.policy().bcrypt_cost) {
+            return Ok(Some(user.hashed_password.clone()));
+        }
+        let new_hash = self.hash_password(password)?;
+        let replaced = self.db.update_user_if(
+            user.id,
+            &[("hashed_password", user.hashed_password.as_str().into())],
+            &[("hashed_password", new_hash.as_str().into())],
+        )?;
+        if !replaced {
+            return Ok(None);
+        }
+        self.shared.metrics.rehashed();
+        Ok(Some(new_hash))
+    }
+
+    /// Starts a session for `user` if `verified_hash` is still the stored one; its id.
+    fn start_session(&self, user: &User, verified_hash: &str) -> Result<Option<String>, AuthError> {
+        let session_id = Auth::generate_uuid();
+        let handle = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_millis();
+        let max = self.policy().max_sessions;
+        let started = self.db.add_session(
+            user.id,
+            &digest(&session_id),
+            &handle,
+            now,
+            verified_hash,
+            max,
+        )?;
+        let Some(evicted) = started else {
+            return Ok(None);
+        };
+        self.shared
+            .metrics
+            .session_ended(SessionEnd::Evicted, evicted);
+        self.now_and_then(&self.shared.sessions_started, || {
+            let idle = self.policy().session_idle.saturating_mul(1000);
+            self.db.prune_sessions(now - idle, PRUNE_SESSIONS).map(drop)
+        })?;
+        Ok(Some(session_id))
+    }
+
+    /// Counts an attempt to check `email`'s password from `client`, per (address, email) and
+    /// per address, and refuses it when either is over its limit.
+    fn password_attempt(
+        &self,
+        client: ClientAddress,
+        email: &str,
+    ) -> Result<PasswordAttempt, AuthError> {
+        let policy = self.policy();
+        let attempt = PasswordAttempt {
+            pair: format!("login {client} {}", email.to_ascii_lowercase()),
+            address: format!("login {client}"),
+        };
+        let per_address = policy.max_login_failures.saturating_mul(ADDRESS_CAP_FACTOR);
+        self.within_limits(
+            &[
+                (&attempt.pair, policy.max_login_failures),
+                (&attempt.address, per_address),
+            ],
+            policy.login_window,
+            |retry_after| {
+                self.shared.metrics.login(LoginOutcome::Throttled);
+                AuthError::Throttled { retry_after }
+            },
+        )?;
+        Ok(attempt)
+    }
+
+    /// The attempt was no failure: its pair is cleared and the address's count taken back.
+    fn attempt_succeeded(&self, attempt: &PasswordAttempt) -> Result<(), AuthError> {
+        Ok(self
+            .db
+            .count_back(&attempt.pair, &attempt.address, now_secs())?)
+    }
+
+    /// Counts one more event in each scope and refuses with `refusal(retry_after)` when one is
+    /// over its limit (a limit of 0 is none: such a scope is not counted).
+    fn within_limits(
+        &self,
+        limits: &[(&str, u32)],
+        window: i64,
+        refusal: impl FnOnce(u64) -> AuthError,
+    ) -> Result<(), AuthError> {
+        let limited: Vec<(&str, u32)> = limits.iter().copied().filter(|(_, l)| *l > 0).collect();
+        if limited.is_empty() {
+            return Ok(());
+        }
+        let now = now_secs();
+        let scopes: Vec<&str> = limited.iter().map(|(scope, _)| *scope).collect();
+        let counts = self.db.count(&scopes, now, window)?;
+        self.now_and_then(&self.shared.counted, || {
+            self.db.prune_counters(now).map(drop)
+        })?;
+        let over = counts
+            .iter()
+            .zip(&limited)
+            .find(|(Count { n, .. }, (_, limit))| n > limit);
+        match over {
+            Some((count, _)) => Err(refusal((count.window_ends - now).max(1) as u64)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `prune` every `PRUNE_EVERY` calls counted by `calls`.
+    fn now_and_then(
+        &self,
+        calls: &AtomicU64,
+        prune: impl FnOnce() -> Result<(), DbError>,
+    ) -> Result<(), AuthError> {
+        if calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            prune()?;
+        }
+        Ok(())
+    }
+
+    /// A new reset token for `user`, replacing any earlier one.
+    fn new_reset_token(&self, user: &User) -> Result<String, AuthError> {
+        let token = Auth::generate_uuid();
+        self.db.update_user(
+            user.id,
+            &[
+                ("reset_token", digest(&token).into()),
+                (
+                    "reset_expires_at",
+                    (now_secs() + self.policy().reset_ttl).into(),
+                ),
+            ],
+        )?;
+        Ok(token)
     }
 
     fn reset_password(
@@ -404,24 +758,23 @@ impl Auth {
             .db
             .find_user(&[("reset_token", hashed_token.clone().into())])?
             .ok_or(AuthError::InvalidToken)?;
-        let expired = user.reset_expires_at.is_none_or(|at| now() >= at);
+        let expired = user.reset_expires_at.is_none_or(|at| now_secs() >= at);
         let other_email = email.is_some_and(|e| !e.as_str().eq_ignore_ascii_case(&user.email));
         if expired || other_email {
             return Err(AuthError::InvalidToken);
         }
         let hashed_password = self.hash_password(password)?;
+        let end = if self.policy().reset_keeps_sessions {
+            EndSessions::None
+        } else {
+            EndSessions::All
+        };
         // Conditional on the token still being there: of two racing resets, one wins.
-        let spent = self.db.update_user_if(
+        let spent = self.db.replace_password(
             user.id,
-            &[("reset_token", hashed_token.into())],
-            &[
-                ("hashed_password", hashed_password.into()),
-                ("reset_token", Value::Null),
-                ("reset_expires_at", Value::Null),
-                ("session_id", Value::Null),
-                ("session_created_at", Value::Null),
-                ("session_seen_at", Value::Null),
-            ],
+            IfStill::ResetToken(&hashed_token),
+            &hashed_password,
+            end,
         )?;
         if !spent {
             return Err(AuthError::InvalidToken);
@@ -429,79 +782,12 @@ impl Auth {
         self.shared.metrics.reset_completed();
         Ok(())
     }
+}
 
-    /// A login from `client`: the throttle, the password check, then a new session whose id is
-    /// returned. Failures are counted per (address, email) and per address.
-    pub fn log_in(
-        &self,
-        client: IpAddr,
-        email: &Email,
-        password: &Password,
-    ) -> Result<String, AuthError> {
-        let pair = format!("pair {client} {}", email.as_str().to_ascii_lowercase());
-        let address = format!("addr {client}");
-        let policy = self.policy();
-        let now = now();
-        let limits = [
-            (&pair, policy.max_login_failures),
-            (
-                &address,
-                policy.max_login_failures.saturating_mul(ADDRESS_CAP_FACTOR),
-            ),
-        ];
-        let mut pair_has_failures = false;
-        for (scope, limit) in limits {
-            if let Some((failures, window_ends)) = self.db.login_failures(scope, now)? {
-                if failures >= limit {
-                    self.shared.metrics.login(LoginOutcome::Throttled);
-                    let retry_after = (window_ends - now).max(1) as u64;
-                    return Err(AuthError::Throttled { retry_after });
-                }
-                pair_has_failures |= scope == &pair;
-            }
-        }
-        match self.check_password(email, password)? {
-            Some(user) => {
-                // Only when there is something to clear: a delete is a commit, and a commit
-                // is a disk flush that most logins need not wait for. A closed window left
-                // behind is harmless: the next failure starts a new one.
-                if pair_has_failures {
-                    self.db.clear_login_failures(&pair)?;
-                }
-                let session_id = self.start_session(user.id)?;
-                self.shared.metrics.login(LoginOutcome::Ok);
-                Ok(session_id)
-            }
-            None => {
-                let now = self::now();
-                self.db
-                    .record_login_failure(&pair, now, policy.login_window)?;
-                self.db
-                    .record_login_failure(&address, now, policy.login_window)?;
-                self.prune_now_and_then(now)?;
-                self.shared.metrics.login(LoginOutcome::Failed);
-                Err(AuthError::InvalidLogin)
-            }
-        }
-    }
-
-    /// Every so many failures, drops the throttle's closed windows.
-    fn prune_now_and_then(&self, now: i64) -> Result<(), AuthError> {
-        let n = self
-            .shared
-            .failures_since_prune
-            .fetch_add(1, Ordering::Relaxed);
-        if n % 256 == 255 {
-            self.db.prune_login_failures(now)?;
-        }
-        Ok(())
-    }
-
-    fn find_by_email(&self, email: &Email) -> Result<User, AuthError> {
-        self.db
-            .find_user(&[("email", email.as_str().into())])?
-            .ok_or(AuthError::UnknownUser)
-    }
+/// The counters a password check was counted in, to take it back if it succeeds.
+struct PasswordAttempt {
+    pair: String,
+    address: String,
 }
 
 /// SHA-256 of a token, as lowercase hex: what the database holds instead of the token.
@@ -517,9 +803,7 @@ pub fn digest(token: &str) -> String {
     hex
 }
 
-/// Seconds since the Unix epoch.
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// Seconds since the Unix epoch (reset tokens' expiry and the counters' windows).
+fn now_secs() -> i64 {
+    now_millis() / 1000
 }

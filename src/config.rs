@@ -66,6 +66,12 @@ fn placeholder() -> Config {
             max_login_failures: 0,
             login_window: 0,
             min_password_length: 0,
+            max_sessions: 0,
+            reset_keeps_sessions: false,
+            max_registrations: 0,
+            registration_window: 0,
+            max_reset_requests: 0,
+            reset_window: 0,
         },
     }
 }
@@ -290,6 +296,48 @@ const FLAGS: &[Flag] = &[
         set: |c, v| switch(v).map(|on| c.metrics = on),
     },
     Flag {
+        name: "max-sessions",
+        value: Some("N"),
+        default: Initial::Text("10"),
+        help: "sessions one user may hold at once; a login past it ends the least recently used (1: the reference's model)",
+        set: |c, v| number(v, 1, 1_000_000).map(|n| c.policy.max_sessions = n),
+    },
+    Flag {
+        name: "reset-keeps-sessions",
+        value: None,
+        default: Initial::Text("off"),
+        help: "sessions survive a password reset (the reference's behaviour)",
+        set: |c, v| switch(v).map(|on| c.policy.reset_keeps_sessions = on),
+    },
+    Flag {
+        name: "max-registrations",
+        value: Some("N"),
+        default: Initial::Text("30"),
+        help: "registrations per client address per window (0: off)",
+        set: |c, v| number(v, 0, 1_000_000).map(|n| c.policy.max_registrations = n),
+    },
+    Flag {
+        name: "registration-window",
+        value: Some("SECS"),
+        default: Initial::Text("300"),
+        help: "the window those are counted in",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.registration_window = n),
+    },
+    Flag {
+        name: "max-reset-requests",
+        value: Some("N"),
+        default: Initial::Text("3"),
+        help: "reset requests per email per window, ten times that per address (0: off)",
+        set: |c, v| number(v, 0, 1_000_000).map(|n| c.policy.max_reset_requests = n),
+    },
+    Flag {
+        name: "reset-window",
+        value: Some("SECS"),
+        default: Initial::Text("900"),
+        help: "the window those are counted in",
+        set: |c, v| number(v, 1, MAX_SECS).map(|n| c.policy.reset_window = n),
+    },
+    Flag {
         name: "max-connections",
         value: Some("N"),
         default: Initial::Text("1024"),
@@ -486,6 +534,12 @@ mod tests {
         assert_eq!(c.policy.max_login_failures, 5);
         assert_eq!(c.policy.login_window, 900);
         assert_eq!(c.policy.min_password_length, 1);
+        assert_eq!(c.policy.max_sessions, 10);
+        assert!(!c.policy.reset_keeps_sessions);
+        assert_eq!(c.policy.max_registrations, 30);
+        assert_eq!(c.policy.registration_window, 300);
+        assert_eq!(c.policy.max_reset_requests, 3);
+        assert_eq!(c.policy.reset_window, 900);
         assert!(!c.secure_cookies && !c.trust_proxy && !c.metrics);
         assert!(c.policy.reset_command.is_none());
         assert_eq!(c.max_connections, 1024);
@@ -523,6 +577,12 @@ mod tests {
                 max_login_failures: 99_999,
                 login_window: 99_999,
                 min_password_length: 99_999,
+                max_sessions: 99_999,
+                reset_keeps_sessions: true,
+                max_registrations: 99_999,
+                registration_window: 99_999,
+                max_reset_requests: 99_999,
+                reset_window: 99_999,
             },
         };
         assert_eq!(

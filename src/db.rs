@@ -1,4 +1,5 @@
-//! `Db`: the users table and the login throttle's counters (the reference's `db.py`).
+//! `Db`: the users, their sessions, and the counters of the login throttle and the abuse
+//! limits (the reference's `db.py`, which had the users alone).
 //!
 //! Two stores stand behind the same methods. `src/db/sqlite.rs` is the embedded default: a
 //! file that each worker opens with its own connection. With the cargo feature `postgres`, a
@@ -20,7 +21,7 @@ mod postgres;
 use std::fmt;
 use std::path::Path;
 
-use crate::user::User;
+use crate::user::{Session, User};
 
 /// A value to filter on or store in a column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,14 +155,14 @@ impl Db {
             email: email.to_owned(),
             hashed_password: hashed_password.to_owned(),
             session_id: None,
-            session_created_at: None,
-            session_seen_at: None,
             reset_token: None,
             reset_expires_at: None,
         })
     }
 
-    /// The first user matching every `(column, value)` filter. Emails match in any ASCII case.
+    /// The first user matching every `(column, value)` filter. Emails match in any ASCII case;
+    /// a `session_id` filter matches the user who holds that session (its digest), and a NULL
+    /// one a user who holds none.
     ///
     /// Errors: [`DbError::NoResultFound`] when none matches; [`DbError::InvalidRequest`] when a
     /// filter names an unknown column or there is no filter.
@@ -181,16 +182,39 @@ impl Db {
 
     /// Applies `(column, value)` changes to the user with `user_id`, found through
     /// `find_user_by`. An unknown column is [`DbError::InvalidRequest`] and nothing is written.
+    /// `session_id` keeps the reference's meaning: NULL ends every session of the user, a
+    /// digest starts one more.
     pub fn update_user(&self, user_id: i64, changes: &[(&str, Value)]) -> Result<(), DbError> {
         check_columns(changes)?;
         let user = self.find_user_by(&[("id", Value::Integer(user_id))])?;
-        self.update_user_if(user.id, &[], changes)?;
+        let (session, columns): (Vec<_>, Vec<_>) = changes
+            .iter()
+            .cloned()
+            .partition(|(col, _)| *col == SESSION_ID);
+        if !columns.is_empty() {
+            self.update_user_if(user.id, &[], &columns)?;
+        }
+        for (_, value) in session {
+            match value {
+                Value::Text(digest) => {
+                    let handle = uuid::Uuid::new_v4().simple().to_string();
+                    let now = now_millis();
+                    let user = self.find_user_by(&[("id", Value::Integer(user_id))])?;
+                    let hash = &user.hashed_password;
+                    self.add_session(user.id, &digest, &handle, now, hash, u32::MAX)?;
+                }
+                Value::Null | Value::Integer(_) => {
+                    self.end_sessions(user.id, None)?;
+                }
+            }
+        }
         Ok(())
     }
 
     /// Applies `changes` to user `user_id` only while every `(column, value)` in `expected`
     /// still holds, in one statement; returns whether it did. This is how a token is spent
-    /// exactly once when two requests race to use it, on one instance or several.
+    /// exactly once when two requests race to use it, on one instance or several. Sessions are
+    /// not columns of the user: see the session methods.
     pub fn update_user_if(
         &self,
         user_id: i64,
@@ -202,7 +226,100 @@ impl Db {
         }
         check_columns(changes)?;
         check_columns(expected)?;
+        if changes
+            .iter()
+            .chain(expected)
+            .any(|(col, _)| *col == SESSION_ID)
+        {
+            return Err(DbError::InvalidRequest(
+                "sessions are not changed through update_user_if".into(),
+            ));
+        }
         on_store!(&self.store, s => s.update_user_if(user_id, expected, changes))
+    }
+
+    /// Deletes the user and everything of theirs (sessions, reset token); whether there was
+    /// one. The email is free again.
+    pub fn delete_user(&self, user_id: i64) -> Result<bool, DbError> {
+        on_store!(&self.store, s => s.delete_user(user_id))
+    }
+
+    /// Replaces user `user_id`'s password hash with `new_hash` while `if_still` holds, spends
+    /// any reset token, and ends the sessions `end` names, in one transaction; whether it did.
+    ///
+    /// The sessions end after the hash changes and in the same transaction, and a session is
+    /// only ever started while the hash it was verified against is still stored (see
+    /// [`Db::add_session`]): so a login that checked the old password while this ran cannot
+    /// keep a session, on one instance or several.
+    pub fn replace_password(
+        &self,
+        user_id: i64,
+        if_still: IfStill<'_>,
+        new_hash: &str,
+        end: EndSessions<'_>,
+    ) -> Result<bool, DbError> {
+        on_store!(&self.store, s => s.replace_password(user_id, if_still, new_hash, end))
+    }
+
+    /// Starts a session for `user_id` (`digest` of its id, a public `handle`, at `now` in Unix
+    /// milliseconds) only if the user's stored hash is still `verified_hash`, and ends the
+    /// user's least recently used sessions beyond `max_sessions`, in one transaction. `None`
+    /// when the hash has changed (a reset or a password change got there first); otherwise how
+    /// many sessions were evicted.
+    pub fn add_session(
+        &self,
+        user_id: i64,
+        digest: &str,
+        handle: &str,
+        now: i64,
+        verified_hash: &str,
+        max_sessions: u32,
+    ) -> Result<Option<usize>, DbError> {
+        let new = NewSession {
+            user_id,
+            digest,
+            handle,
+            now,
+            verified_hash,
+            max_sessions: max_sessions.max(1),
+        };
+        on_store!(&self.store, s => s.add_session(&new))
+    }
+
+    /// The session with this digest and the user who holds it, expired or not.
+    pub fn session(&self, digest: &str) -> Result<Option<(User, Session)>, DbError> {
+        on_store!(&self.store, s => s.session(digest))
+    }
+
+    /// Records that the session with this digest was used at `now` (Unix milliseconds).
+    pub fn touch_session(&self, digest: &str, now: i64) -> Result<(), DbError> {
+        on_store!(&self.store, s => s.touch_session(digest, now))
+    }
+
+    /// The sessions of `user_id`, most recently used first.
+    pub fn sessions(&self, user_id: i64) -> Result<Vec<Session>, DbError> {
+        on_store!(&self.store, s => s.sessions(user_id))
+    }
+
+    /// Ends the session with this digest; whether there was one.
+    pub fn end_session(&self, digest: &str) -> Result<bool, DbError> {
+        on_store!(&self.store, s => s.end_session(digest))
+    }
+
+    /// Ends `user_id`'s session with this public handle; whether the user had one.
+    pub fn end_session_by_handle(&self, user_id: i64, handle: &str) -> Result<bool, DbError> {
+        on_store!(&self.store, s => s.end_session_by_handle(user_id, handle))
+    }
+
+    /// Ends every session of `user_id` but the one with digest `keep`; how many.
+    pub fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> Result<usize, DbError> {
+        on_store!(&self.store, s => s.end_sessions(user_id, keep))
+    }
+
+    /// Deletes up to `limit` sessions last used before `seen_before` (Unix milliseconds), so
+    /// that sessions nobody ends do not pile up; how many.
+    pub fn prune_sessions(&self, seen_before: i64, limit: usize) -> Result<usize, DbError> {
+        on_store!(&self.store, s => s.prune_sessions(seen_before, limit))
     }
 
     /// Answers when the database can run a query: the health check.
@@ -210,29 +327,74 @@ impl Db {
         on_store!(&self.store, s => s.ping())
     }
 
-    /// The failures counted for `scope` in a window still open at `now`, and when that window
-    /// ends; `None` when there is no open window.
-    pub fn login_failures(&self, scope: &str, now: i64) -> Result<Option<(u32, i64)>, DbError> {
-        on_store!(&self.store, s => s.login_failures(scope, now))
+    /// Counts one more event in each of `scopes`, opening a window of `window` seconds for a
+    /// scope with none open at `now`; the count in each window and when it ends, in the
+    /// order of `scopes`. One statement (an upsert), so counts from racing workers or
+    /// instances add up, and a caller that checks the counts it gets back checks and counts in
+    /// one step.
+    pub fn count(&self, scopes: &[&str], now: i64, window: i64) -> Result<Vec<Count>, DbError> {
+        let mut counts = on_store!(&self.store, s => s.count(scopes, now, window))?;
+        counts.sort_by_key(|(scope, _)| scopes.iter().position(|s| s == scope));
+        Ok(counts.into_iter().map(|(_, count)| count).collect())
     }
 
-    /// Counts one failed login for `scope`, opening a window of `window` seconds when none is
-    /// open at `now`; returns the count in the window. One statement (an upsert), so counts
-    /// from racing workers or instances add up.
-    pub fn record_login_failure(&self, scope: &str, now: i64, window: i64) -> Result<u32, DbError> {
-        on_store!(&self.store, s => s.record_login_failure(scope, now, window))
-    }
-
-    /// Forgets the failures counted for `scope` (a successful login).
-    pub fn clear_login_failures(&self, scope: &str) -> Result<(), DbError> {
-        on_store!(&self.store, s => s.clear_login_failures(scope))
+    /// Takes counted events back, in one statement: all of `clear`'s and one of
+    /// `decrement`'s, in windows still open at `now` (a login that succeeded clears its
+    /// (address, email) pair, and was no failure of its address).
+    pub fn count_back(&self, clear: &str, decrement: &str, now: i64) -> Result<(), DbError> {
+        on_store!(&self.store, s => s.count_back(clear, decrement, now))
     }
 
     /// Deletes counters whose window closed before `now`, so the table stays as small as the
-    /// set of addresses failing right now.
-    pub fn prune_login_failures(&self, now: i64) -> Result<usize, DbError> {
-        on_store!(&self.store, s => s.prune_login_failures(now))
+    /// set of scopes counted right now.
+    pub fn prune_counters(&self, now: i64) -> Result<usize, DbError> {
+        on_store!(&self.store, s => s.prune_counters(now))
     }
+}
+
+/// What [`Db::replace_password`] requires to still hold.
+#[derive(Debug, Clone, Copy)]
+pub enum IfStill<'a> {
+    /// The stored hash is this one: the one just verified.
+    Hash(&'a str),
+    /// The user's reset token is this digest: the one just presented.
+    ResetToken(&'a str),
+    /// Nothing: an operator sets the password.
+    Always,
+}
+
+/// Which of the user's sessions [`Db::replace_password`] ends.
+#[derive(Debug, Clone, Copy)]
+pub enum EndSessions<'a> {
+    All,
+    /// All but the one with this digest (the one changing its password).
+    AllBut(&'a str),
+    None,
+}
+
+/// A counter's state after [`Db::count`]: the count in its window, and when the window ends
+/// (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    pub n: u32,
+    pub window_ends: i64,
+}
+
+/// A session about to start (the arguments of [`Db::add_session`]).
+struct NewSession<'a> {
+    user_id: i64,
+    digest: &'a str,
+    handle: &'a str,
+    now: i64,
+    verified_hash: &'a str,
+    max_sessions: u32,
+}
+
+/// The time now in Unix milliseconds, as sessions are stored.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `path` as a PostgreSQL URL, when it is one.
@@ -282,22 +444,19 @@ pub fn display_location(path: &Path) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
-/// The columns of `users`, the only names `find_user_by` and `update_user` accept. SQL is built
-/// from these constants, never from a caller's string.
+/// The columns of a user, the only names `find_user_by` and `update_user` accept. SQL is built
+/// from these constants, never from a caller's string. `session_id` is not a column of `users`
+/// but the digest of one of the user's `sessions`.
 const COLUMNS: &[&str] = &[
     "id",
     "email",
     "hashed_password",
-    "session_id",
-    "session_created_at",
-    "session_seen_at",
+    SESSION_ID,
     "reset_token",
     "reset_expires_at",
 ];
 
-/// The column list both stores select, in [`User`]'s field order.
-const SELECT_USER: &str = "SELECT id, email, hashed_password, session_id, session_created_at, \
-     session_seen_at, reset_token, reset_expires_at FROM users";
+const SESSION_ID: &str = "session_id";
 
 /// The whitelisted constant for a caller's column name.
 fn column(name: &str) -> Result<&'static str, DbError> {
@@ -312,6 +471,47 @@ fn check_columns(pairs: &[(&str, Value)]) -> Result<(), DbError> {
     pairs.iter().try_for_each(|(col, _)| column(col).map(drop))
 }
 
+/// `SELECT ... FROM users u ... WHERE <filters>`, with the user's columns in [`User`]'s field
+/// order: through the user's sessions when a `session_id` filter asks for one (the session's
+/// digest is then the user's `session_id`), or without any session when it asks for NULL.
+/// Binds what [`bound_values`] gives for the same filters.
+fn select_user<D: Dialect>(filters: &[(&str, Value)]) -> Result<String, DbError> {
+    let session = filters.iter().find(|(col, _)| *col == SESSION_ID);
+    let no_session = matches!(session, Some((_, Value::Null)));
+    let (digest, join) = match session {
+        Some(_) if !no_session => ("s.digest", " JOIN sessions s ON s.user_id = u.id"),
+        _ => ("NULL", ""),
+    };
+    let others: Vec<(&str, Value)> = filters
+        .iter()
+        .filter(|(col, _)| !(no_session && *col == SESSION_ID))
+        .cloned()
+        .collect();
+    let mut conditions = vec![where_clause::<D>(&others, 1, qualified)?];
+    if no_session {
+        conditions.push("NOT EXISTS (SELECT 1 FROM sessions WHERE user_id = u.id)".into());
+    }
+    conditions.retain(|c| !c.is_empty());
+    Ok(format!(
+        "SELECT u.id, u.email, u.hashed_password, {digest}, u.reset_token, u.reset_expires_at \
+         FROM users u{join} WHERE {} ORDER BY u.id LIMIT 1",
+        conditions.join(" AND ")
+    ))
+}
+
+/// A filter's column as [`select_user`] names it.
+fn qualified(col: &'static str) -> &'static str {
+    match col {
+        "id" => "u.id",
+        "email" => "u.email",
+        "hashed_password" => "u.hashed_password",
+        SESSION_ID => "s.digest",
+        "reset_token" => "u.reset_token",
+        "reset_expires_at" => "u.reset_expires_at",
+        other => other,
+    }
+}
+
 /// How a store writes the `n`th parameter and an equality test on a column.
 trait Dialect {
     fn param(n: usize) -> String;
@@ -320,13 +520,18 @@ trait Dialect {
     }
 }
 
-/// `a = ?n AND b IS NULL ...`, numbering parameters from `first`; NULL filters bind nothing.
-fn where_clause<D: Dialect>(filters: &[(&str, Value)], first: usize) -> Result<String, DbError> {
+/// `a = ?n AND b IS NULL ...`, numbering parameters from `first` and naming each column with
+/// `name`; NULL filters bind nothing.
+fn where_clause<D: Dialect>(
+    filters: &[(&str, Value)],
+    first: usize,
+    name: fn(&'static str) -> &'static str,
+) -> Result<String, DbError> {
     let mut n = first;
     let parts = filters
         .iter()
         .map(|(col, value)| {
-            let col = column(col)?;
+            let col = name(column(col)?);
             Ok(if *value == Value::Null {
                 format!("{col} IS NULL")
             } else {
@@ -354,7 +559,7 @@ fn update_sql<D: Dialect>(
     let mut sql = format!("UPDATE users SET {set} WHERE id = {}", D::param(id_param));
     if !expected.is_empty() {
         sql.push_str(" AND ");
-        sql.push_str(&where_clause::<D>(expected, id_param + 1)?);
+        sql.push_str(&where_clause::<D>(expected, id_param + 1, |col| col)?);
     }
     Ok(sql)
 }

@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 
-/// The routes requests are counted under; anything else is `other`.
+/// The routes requests are counted under (`app::route`'s names); anything else is `other`.
 pub const ROUTES: &[&str] = &[
     "/",
     "/users",
     "/sessions",
+    "/sessions/{id}",
     "/profile",
+    "/password",
     "/reset_password",
     "/health",
     "/metrics",
@@ -20,10 +22,30 @@ pub const ROUTES: &[&str] = &[
 ];
 
 /// Statuses the service answers with; anything else is counted under the last slot.
-const STATUSES: &[u16] = &[200, 302, 400, 401, 403, 404, 405, 413, 429, 500, 503];
+const STATUSES: &[u16] = &[200, 302, 400, 401, 403, 404, 405, 408, 413, 429, 500, 503];
 
 /// Upper bounds, in seconds, of the bcrypt histogram's buckets: cost 4 to cost 14 or so.
 const BCRYPT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// How sessions end, besides expiring unused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// `DELETE /sessions` with the session's own cookie.
+    Logout,
+    /// Ended by its user from another session (`DELETE /sessions/<id>`, `?scope=`).
+    Revoked,
+    /// The least recently used, past `--max-sessions`.
+    Evicted,
+    /// Found expired (absolute lifetime or idle time) and deleted.
+    Expired,
+}
+
+/// Which abuse limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Registration,
+    Reset,
+}
 
 /// How a login attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +76,11 @@ pub struct Metrics {
     resets_completed: AtomicU64,
     /// Reset tokens handed to the reset command: [sent, failed].
     reset_deliveries: [AtomicU64; 2],
+    sessions_ended: [AtomicU64; 4],
+    rate_limited: [AtomicU64; 2],
+    password_changes: AtomicU64,
+    users_deleted: AtomicU64,
+    rehashes: AtomicU64,
     bcrypt_buckets: [AtomicU64; BCRYPT_BUCKETS.len()],
     bcrypt_count: AtomicU64,
     bcrypt_micros: AtomicU64,
@@ -65,10 +92,11 @@ impl Metrics {
         let _ = self.connections.set(connections);
     }
 
-    pub fn request_finished(&self, path: &str, status: u16) {
+    /// Counts an answer to a request of `route` (one of [`ROUTES`]).
+    pub fn request_finished(&self, route: &str, status: u16) {
         let route = ROUTES
             .iter()
-            .position(|r| *r == path)
+            .position(|r| *r == route)
             .unwrap_or(ROUTES.len() - 1);
         let status = STATUSES
             .iter()
@@ -91,6 +119,27 @@ impl Metrics {
 
     pub fn reset_completed(&self) {
         self.resets_completed.fetch_add(1, Relaxed);
+    }
+
+    pub fn session_ended(&self, how: SessionEnd, n: usize) {
+        self.sessions_ended[how as usize].fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn password_changed(&self) {
+        self.password_changes.fetch_add(1, Relaxed);
+    }
+
+    pub fn user_deleted(&self) {
+        self.users_deleted.fetch_add(1, Relaxed);
+    }
+
+    /// A stored hash of another cost replaced by one at the configured cost.
+    pub fn rehashed(&self) {
+        self.rehashes.fetch_add(1, Relaxed);
     }
 
     /// Counts one run of the reset command, by whether it succeeded.
@@ -183,6 +232,40 @@ impl Metrics {
             "Runs of the reset command, by outcome.",
             "outcome",
             ["sent", "failed"].into_iter().zip(&self.reset_deliveries),
+        );
+        out.by_label(
+            "auth_sessions_ended_total",
+            "Sessions ended, by how (expired ones when found so).",
+            "how",
+            ["logout", "revoked", "evicted", "expired"]
+                .into_iter()
+                .zip(&self.sessions_ended),
+        );
+        out.by_label(
+            "auth_rate_limited_total",
+            "Requests refused by an abuse limit (429), by limit.",
+            "limit",
+            ["registration", "reset"]
+                .into_iter()
+                .zip(&self.rate_limited),
+        );
+        out.single(
+            "auth_password_changes_total",
+            "counter",
+            "Passwords changed by their users (PUT /password).",
+            self.password_changes.load(Relaxed),
+        );
+        out.single(
+            "auth_users_deleted_total",
+            "counter",
+            "Accounts deleted.",
+            self.users_deleted.load(Relaxed),
+        );
+        out.single(
+            "auth_rehashes_total",
+            "counter",
+            "Stored hashes of another cost re-hashed at --bcrypt-cost at login.",
+            self.rehashes.load(Relaxed),
         );
         let name = "auth_bcrypt_verify_seconds";
         out.family(name, "histogram", "Time of one bcrypt verification.");

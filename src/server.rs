@@ -399,6 +399,7 @@ struct Job {
     started: Instant,
     method: String,
     path: String,
+    query: Option<String>,
     cookie: Option<String>,
     forwarded_for: Option<String>,
     peer: IpAddr,
@@ -409,12 +410,10 @@ impl Job {
     fn new(mut request: tiny_http::Request, max_body_bytes: usize) -> Job {
         let started = Instant::now();
         let method = request.method().as_str().to_owned();
-        let path = request
-            .url()
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let (path, query) = match request.url().split_once('?') {
+            Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+            None => (request.url().to_owned(), None),
+        };
         let header = |name: &'static str| {
             request
                 .headers()
@@ -445,6 +444,7 @@ impl Job {
             started,
             method,
             path,
+            query,
             cookie,
             forwarded_for,
             peer,
@@ -457,6 +457,7 @@ impl Job {
         Request {
             method: &self.method,
             path: &self.path,
+            query: self.query.as_deref(),
             cookie: self.cookie.as_deref(),
             forwarded_for: self.forwarded_for.as_deref(),
             peer: self.peer,
@@ -505,7 +506,8 @@ fn send_reply(ctx: &Context<'_>, job: Job, reply: Reply) {
         access_log::line(format_args!("error: {method} {path} {status}: {cause}\n"));
     }
     let _ = write_response(job.request, &reply);
-    ctx.metrics.request_finished(&job.path, status);
+    ctx.metrics
+        .request_finished(app::route(&job.path).unwrap_or("other"), status);
     access_log::line(format_args!(
         "{method} {path} {status} {:.1}ms\n",
         job.started.elapsed().as_secs_f64() * 1000.0

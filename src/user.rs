@@ -10,17 +10,27 @@ use std::net::{IpAddr, Ipv6Addr};
 /// A row of the `users` table.
 ///
 /// `session_id` and `reset_token` hold SHA-256 digests (lowercase hex) of the tokens handed to
-/// the client, never the tokens themselves. Times are Unix seconds.
+/// the client, never the tokens themselves. A user holds any number of sessions (the
+/// `sessions` table); `session_id` is the digest of the one the user was found through (a
+/// `session_id` filter of `Db::find_user_by`), and `None` otherwise. Times are Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: i64,
     pub email: String,
     pub hashed_password: String,
     pub session_id: Option<String>,
-    pub session_created_at: Option<i64>,
-    pub session_seen_at: Option<i64>,
     pub reset_token: Option<String>,
     pub reset_expires_at: Option<i64>,
+}
+
+/// A row of the `sessions` table, as a user may see it: a public handle (neither the session
+/// id nor its digest), and when it began and was last used, in Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub handle: String,
+    pub user_id: i64,
+    pub created_at: i64,
+    pub seen_at: i64,
 }
 
 /// The longest address SMTP can carry (RFC 5321 path limit less the angle brackets).

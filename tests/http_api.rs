@@ -213,8 +213,8 @@ fn log_in_names_a_missing_field() {
 }
 
 #[test]
-fn a_new_login_replaces_the_old_session() {
-    let s = TestServer::start();
+fn with_max_sessions_1_a_new_login_replaces_the_old_session() {
+    let s = TestServer::with(|c| c.policy.max_sessions = 1);
     let first = s.register_and_log_in("bob@example.com", "pw");
     let r = s.post(
         "/sessions",
@@ -459,9 +459,9 @@ fn known_paths_with_another_method_are_405_with_allow() {
         ("POST", "/", "GET, HEAD"),
         ("GET", "/users", "POST"),
         ("DELETE", "/users", "POST"),
-        ("GET", "/sessions", "POST, DELETE"),
-        ("PATCH", "/sessions", "POST, DELETE"),
-        ("POST", "/profile", "GET, HEAD"),
+        ("PUT", "/sessions", "POST, DELETE, GET, HEAD"),
+        ("PATCH", "/sessions", "POST, DELETE, GET, HEAD"),
+        ("POST", "/profile", "GET, HEAD, DELETE"),
         ("GET", "/reset_password", "POST, PUT"),
         ("DELETE", "/health", "GET, HEAD"),
     ];

@@ -22,11 +22,17 @@ fn db() -> (Db, TempDir) {
 /// An `Auth` at bcrypt cost 4 on a fresh file, and a second connection to the same store to
 /// look at what it wrote.
 fn auth() -> (Auth, Db, TempDir) {
+    auth_with(|_| {})
+}
+
+/// [`auth`] with a policy that `adjust` changes.
+fn auth_with(adjust: impl FnOnce(&mut Policy)) -> (Auth, Db, TempDir) {
     let (db, dir) = db();
-    let policy = Policy {
+    let mut policy = Policy {
         bcrypt_cost: 4,
         ..Default::default()
     };
+    adjust(&mut policy);
     let metrics = Arc::new(Metrics::default());
     let look = Db::open(&test_db(&dir.path().join("auth.db"))).expect("a second connection");
     (
@@ -348,9 +354,19 @@ fn create_session_stores_only_the_digest() {
     let user = auth.register_user(&bob, &password("pw")).unwrap();
     let session = auth.create_session(&bob).unwrap();
     assert!(is_uuid_v4(&session), "{session}");
-    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
+    // The user holds the session by its digest, never by the id itself.
+    let stored = db
+        .find_user_by(&[("session_id", digest(&session).into())])
+        .unwrap();
+    assert_eq!(stored.id, user.id);
     assert_eq!(stored.session_id, Some(digest(&session)));
-    assert_ne!(stored.session_id.as_deref(), Some(session.as_str()));
+    assert!(matches!(
+        db.find_user_by(&[("session_id", session.as_str().into())]),
+        Err(DbError::NoResultFound)
+    ));
+    // Found some other way, the user has no session to show.
+    let stored = db.find_user_by(&[("id", user.id.into())]).unwrap();
+    assert_eq!(stored.session_id, None);
 }
 
 #[test]
@@ -377,7 +393,21 @@ fn get_user_from_session_id_finds_the_live_session_only() {
     let hashed = digest(&session);
     assert_eq!(auth.get_user_from_session_id(Some(&hashed)).unwrap(), None);
 
-    // A new session replaces the old one.
+    // A new session does not end the old one.
+    let newer = auth.create_session(&bob).unwrap();
+    assert!(auth
+        .get_user_from_session_id(Some(&session))
+        .unwrap()
+        .is_some());
+    assert!(auth
+        .get_user_from_session_id(Some(&newer))
+        .unwrap()
+        .is_some());
+
+    // With --max-sessions 1 (the reference's model), a new session replaces the old one.
+    let (auth, _db, _dir) = auth_with(|p| p.max_sessions = 1);
+    auth.register_user(&bob, &password("pw")).unwrap();
+    let session = auth.create_session(&bob).unwrap();
     let newer = auth.create_session(&bob).unwrap();
     assert_eq!(auth.get_user_from_session_id(Some(&session)).unwrap(), None);
     assert!(auth

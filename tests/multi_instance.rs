@@ -42,11 +42,15 @@ fn a_session_from_one_instance_is_valid_on_the_other_until_ended_on_either() {
     assert_eq!(b.get("/profile", Some(&session)).status, 403);
     assert_eq!(a.delete("/sessions", Some(&session)).status, 403);
 
-    // A login through B replaces the session A handed out (one session per user).
+    // A login through B adds a session beside the one A handed out (several per user), and
+    // ending one through either instance leaves the other.
     let on_a = log_in(&a, "bob@example.com", "hunter2");
     let on_b = log_in(&b, "bob@example.com", "hunter2");
-    assert_eq!(a.get("/profile", Some(&on_a)).status, 403);
+    assert_eq!(a.get("/profile", Some(&on_a)).status, 200);
     assert_eq!(a.get("/profile", Some(&on_b)).status, 200);
+    assert_eq!(a.delete("/sessions", Some(&on_b)).status, 302);
+    assert_eq!(b.get("/profile", Some(&on_b)).status, 403);
+    assert_eq!(b.get("/profile", Some(&on_a)).status, 200);
 }
 
 #[test]

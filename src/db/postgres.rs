@@ -24,14 +24,37 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, GenericClient, NoTls, Row, Statement};
 
-use super::{column, where_clause, DbError, Dialect, Value};
-use super::{User, SELECT_USER};
+use super::{column, select_user, DbError, Dialect, Value};
+use super::{Count, EndSessions, IfStill, NewSession, Session, User};
 
 /// Schema steps, oldest first; the one row of `schema_version` is the number applied. The
 /// same rules as SQLite's list (append only), and always as long as it.
-const MIGRATIONS: &[&str] = &[include_str!("../../schema.postgres.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../../schema.postgres.sql"), SESSIONS];
+
+/// Version 2, as SQLite's: sessions of their own, several per user, in milliseconds, the ones
+/// open before the upgrade carried over; the login failures' table becomes the counters of
+/// the throttle and the abuse limits.
+const SESSIONS: &str = "
+CREATE TABLE sessions (
+    digest     TEXT   PRIMARY KEY,
+    handle     TEXT   NOT NULL UNIQUE,
+    user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL,
+    seen_at    BIGINT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (user_id, seen_at);
+CREATE INDEX sessions_seen ON sessions (seen_at);
+INSERT INTO sessions (digest, handle, user_id, created_at, seen_at)
+    SELECT session_id, md5(random()::text || clock_timestamp()::text || id::text), id,
+           coalesce(session_created_at, 0) * 1000, coalesce(session_seen_at, 0) * 1000
+    FROM users WHERE session_id IS NOT NULL;
+ALTER TABLE users DROP COLUMN session_id, DROP COLUMN session_created_at,
+    DROP COLUMN session_seen_at;
+ALTER TABLE login_failures RENAME TO counters;
+ALTER TABLE counters RENAME COLUMN failures TO count;
+";
 
 const _: () = assert!(
     MIGRATIONS.len() == super::sqlite::MIGRATIONS.len(),
@@ -50,12 +73,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 
 /// Columns that hold integers; the rest hold text.
-const INTEGER_COLUMNS: &[&str] = &[
-    "id",
-    "session_created_at",
-    "session_seen_at",
-    "reset_expires_at",
-];
+const INTEGER_COLUMNS: &[&str] = &["id", "reset_expires_at"];
 
 /// PostgreSQL numbers parameters `$1`, `$2`...; the email compares folded, as the unique
 /// index does.
@@ -67,8 +85,8 @@ impl Dialect for Pg {
     }
 
     fn equals(col: &'static str, n: usize) -> String {
-        if col == "email" {
-            format!("lower(email) = lower(${n} COLLATE \"C\")")
+        if col.ends_with("email") {
+            format!("lower({col}) = lower(${n} COLLATE \"C\")")
         } else {
             format!("{col} = ${n}")
         }
@@ -180,10 +198,7 @@ impl Postgres {
         else {
             return Ok(None);
         };
-        let sql = format!(
-            "{SELECT_USER} WHERE {} ORDER BY id LIMIT 1",
-            where_clause::<Pg>(filters, 1)?
-        );
+        let sql = select_user::<Pg>(filters)?;
         let rows = self.query(&sql, &Param::refs(&params))?;
         Ok(rows.first().map(read_user))
     }
@@ -211,53 +226,236 @@ impl Postgres {
         Ok(self.execute(&sql, &Param::refs(&params))? == 1)
     }
 
+    pub(super) fn delete_user(&self, user_id: i64) -> Result<bool, DbError> {
+        // The user's sessions go with it (ON DELETE CASCADE).
+        Ok(self.execute("DELETE FROM users WHERE id = $1", &[&user_id])? == 1)
+    }
+
+    pub(super) fn replace_password(
+        &self,
+        user_id: i64,
+        if_still: IfStill<'_>,
+        new_hash: &str,
+        end: EndSessions<'_>,
+    ) -> Result<bool, DbError> {
+        let (condition, value) = match if_still {
+            IfStill::Hash(hash) => ("hashed_password = $3", Some(hash)),
+            IfStill::ResetToken(digest) => ("reset_token = $3", Some(digest)),
+            IfStill::Always => ("$3::text IS NULL", None),
+        };
+        let update = format!(
+            "UPDATE users SET hashed_password = $2, reset_token = NULL, \
+             reset_expires_at = NULL WHERE id = $1 AND {condition}"
+        );
+        self.run(|c| {
+            let update = c.prepare(&update)?;
+            let end = EndingSessions::prepare(c, end)?;
+            // The update takes the user's row lock: a login's conditional session insert
+            // (which reads that row FOR SHARE) waits for this transaction, and the sessions
+            // are ended by a statement of its own, which sees any session committed before.
+            let mut tx = c.client.transaction()?;
+            let replaced = tx.execute(&update, &[&user_id, &new_hash, &value])? == 1;
+            if replaced {
+                end.run(&mut tx, user_id)?;
+            }
+            tx.commit()?;
+            Ok(replaced)
+        })
+    }
+
+    pub(super) fn add_session(&self, new: &NewSession<'_>) -> Result<Option<usize>, DbError> {
+        self.run(|c| {
+            let insert = c.prepare(
+                "INSERT INTO sessions (digest, handle, user_id, created_at, seen_at) \
+                 SELECT $1, $2, id, $3, $3 FROM users \
+                 WHERE id = $4 AND hashed_password = $5 FOR SHARE",
+            )?;
+            let evict = c.prepare(
+                "DELETE FROM sessions WHERE user_id = $1 AND digest IN \
+                 (SELECT digest FROM sessions WHERE user_id = $1 \
+                  ORDER BY seen_at DESC, created_at DESC OFFSET $2)",
+            )?;
+            let mut tx = c.client.transaction()?;
+            let args: [&(dyn ToSql + Sync); 5] = [
+                &new.digest,
+                &new.handle,
+                &new.now,
+                &new.user_id,
+                &new.verified_hash,
+            ];
+            if tx.execute(&insert, &args)? == 0 {
+                return Ok(None);
+            }
+            let evicted = tx.execute(&evict, &[&new.user_id, &i64::from(new.max_sessions)])?;
+            tx.commit()?;
+            Ok(Some(evicted as usize))
+        })
+    }
+
+    pub(super) fn session(&self, digest: &str) -> Result<Option<(User, Session)>, DbError> {
+        let rows = self.query(
+            "SELECT u.id, u.email, u.hashed_password, s.digest, u.reset_token, \
+             u.reset_expires_at, s.handle, s.created_at, s.seen_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = $1",
+            &[&digest],
+        )?;
+        Ok(rows.first().map(|r| {
+            let user = read_user(r);
+            let session = Session {
+                handle: r.get(6),
+                user_id: user.id,
+                created_at: r.get(7),
+                seen_at: r.get(8),
+            };
+            (user, session)
+        }))
+    }
+
+    pub(super) fn touch_session(&self, digest: &str, now: i64) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE sessions SET seen_at = $2 WHERE digest = $1",
+            &[&digest, &now],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn sessions(&self, user_id: i64) -> Result<Vec<Session>, DbError> {
+        let rows = self.query(
+            "SELECT handle, created_at, seen_at FROM sessions WHERE user_id = $1 \
+             ORDER BY seen_at DESC, created_at DESC",
+            &[&user_id],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| Session {
+                handle: r.get(0),
+                user_id,
+                created_at: r.get(1),
+                seen_at: r.get(2),
+            })
+            .collect())
+    }
+
+    pub(super) fn end_session(&self, digest: &str) -> Result<bool, DbError> {
+        Ok(self.execute("DELETE FROM sessions WHERE digest = $1", &[&digest])? == 1)
+    }
+
+    pub(super) fn end_session_by_handle(
+        &self,
+        user_id: i64,
+        handle: &str,
+    ) -> Result<bool, DbError> {
+        let sql = "DELETE FROM sessions WHERE user_id = $1 AND handle = $2";
+        Ok(self.execute(sql, &[&user_id, &handle])? == 1)
+    }
+
+    pub(super) fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> Result<usize, DbError> {
+        let end = keep.map_or(EndSessions::All, EndSessions::AllBut);
+        self.run(|c| {
+            let end = EndingSessions::prepare(c, end)?;
+            end.run(&mut c.client, user_id)
+        })
+    }
+
+    pub(super) fn prune_sessions(&self, seen_before: i64, limit: usize) -> Result<usize, DbError> {
+        let n = self.execute(
+            "DELETE FROM sessions WHERE digest IN \
+             (SELECT digest FROM sessions WHERE seen_at < $1 LIMIT $2)",
+            &[&seen_before, &(limit as i64)],
+        )?;
+        Ok(n as usize)
+    }
+
     pub(super) fn ping(&self) -> Result<(), DbError> {
         self.query("SELECT count(*) FROM users WHERE id = 0", &[])?;
         Ok(())
     }
 
-    pub(super) fn login_failures(
+    pub(super) fn count(
         &self,
-        scope: &str,
-        now: i64,
-    ) -> Result<Option<(u32, i64)>, DbError> {
-        let rows = self.query(
-            "SELECT failures, window_ends FROM login_failures \
-             WHERE scope = $1 AND window_ends > $2",
-            &[&scope, &now],
-        )?;
-        Ok(rows.first().map(|r| (count(r.get(0)), r.get(1))))
-    }
-
-    pub(super) fn record_login_failure(
-        &self,
-        scope: &str,
+        scopes: &[&str],
         now: i64,
         window: i64,
-    ) -> Result<u32, DbError> {
-        let rows = self.query(
-            "INSERT INTO login_failures AS f (scope, failures, window_ends) \
-             VALUES ($1, 1, $2::bigint + $3::bigint) \
+    ) -> Result<Vec<(String, Count)>, DbError> {
+        // $1 the time, $2 the window, then each scope.
+        let rows: Vec<String> = (3..scopes.len() + 3)
+            .map(|n| format!("(${n}, 1, $1::bigint + $2::bigint)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO counters AS c (scope, count, window_ends) VALUES {} \
              ON CONFLICT (scope) DO UPDATE SET \
-               failures = CASE WHEN f.window_ends > $2 THEN f.failures + 1 ELSE 1 END, \
-               window_ends = CASE WHEN f.window_ends > $2 THEN f.window_ends \
-                             ELSE $2::bigint + $3::bigint END \
-             RETURNING failures",
-            &[&scope, &now, &window],
-        )?;
-        first(rows).map(|r| count(r.get(0)))
+               count = CASE WHEN c.window_ends > $1 THEN c.count + 1 ELSE 1 END, \
+               window_ends = CASE WHEN c.window_ends > $1 THEN c.window_ends \
+                             ELSE $1::bigint + $2::bigint END \
+             RETURNING scope, count, window_ends",
+            rows.join(", ")
+        );
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&now, &window];
+        args.extend(scopes.iter().map(|s| s as &(dyn ToSql + Sync)));
+        let rows = self.query(&sql, &args)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let count = Count {
+                    n: to_u32(r.get(1)),
+                    window_ends: r.get(2),
+                };
+                (r.get(0), count)
+            })
+            .collect())
     }
 
-    pub(super) fn clear_login_failures(&self, scope: &str) -> Result<(), DbError> {
-        self.execute("DELETE FROM login_failures WHERE scope = $1", &[&scope])?;
+    pub(super) fn count_back(&self, clear: &str, decrement: &str, now: i64) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE counters SET count = CASE WHEN scope = $1 THEN 0 ELSE count - 1 END \
+             WHERE scope IN ($1, $2) AND window_ends > $3 AND count > 0",
+            &[&clear, &decrement, &now],
+        )?;
         Ok(())
     }
 
-    pub(super) fn prune_login_failures(&self, now: i64) -> Result<usize, DbError> {
-        let n = self.execute(
-            "DELETE FROM login_failures WHERE window_ends <= $1",
-            &[&now],
-        )?;
+    pub(super) fn prune_counters(&self, now: i64) -> Result<usize, DbError> {
+        let n = self.execute("DELETE FROM counters WHERE window_ends <= $1", &[&now])?;
+        Ok(n as usize)
+    }
+}
+
+/// The statement that ends a user's sessions as an [`EndSessions`] says, prepared.
+struct EndingSessions<'a> {
+    statement: Option<Statement>,
+    keep: Option<&'a str>,
+}
+
+impl<'a> EndingSessions<'a> {
+    fn prepare(c: &mut Conn, end: EndSessions<'a>) -> Result<Self, postgres::Error> {
+        let (sql, keep) = match end {
+            EndSessions::None => {
+                return Ok(EndingSessions {
+                    statement: None,
+                    keep: None,
+                })
+            }
+            EndSessions::All => ("DELETE FROM sessions WHERE user_id = $1", None),
+            EndSessions::AllBut(keep) => (
+                "DELETE FROM sessions WHERE user_id = $1 AND digest <> $2",
+                Some(keep),
+            ),
+        };
+        Ok(EndingSessions {
+            statement: Some(c.prepare(sql)?),
+            keep,
+        })
+    }
+
+    /// Runs it for `user_id`; how many sessions ended.
+    fn run(&self, client: &mut impl GenericClient, user_id: i64) -> Result<usize, postgres::Error> {
+        let Some(statement) = &self.statement else {
+            return Ok(0);
+        };
+        let n = match self.keep {
+            Some(keep) => client.execute(statement, &[&user_id, &keep])?,
+            None => client.execute(statement, &[&user_id])?,
+        };
         Ok(n as usize)
     }
 }
@@ -367,7 +565,7 @@ fn first(rows: Vec<Row>) -> Result<Row, DbError> {
         .ok_or_else(|| DbError::Storage("the statement returned no row".into()))
 }
 
-fn count(n: i32) -> u32 {
+fn to_u32(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
@@ -377,9 +575,7 @@ fn read_user(row: &Row) -> User {
         email: row.get(1),
         hashed_password: row.get(2),
         session_id: row.get(3),
-        session_created_at: row.get(4),
-        session_seen_at: row.get(5),
-        reset_token: row.get(6),
-        reset_expires_at: row.get(7),
+        reset_token: row.get(4),
+        reset_expires_at: row.get(5),
     }
 }

@@ -11,15 +11,40 @@ use std::time::Duration;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
 
-use super::{bound_values, update_sql, update_values, where_clause, DbError, Dialect, Value};
-use super::{User, SELECT_USER};
+use super::{bound_values, select_user, update_sql, update_values, DbError, Dialect, Value};
+use super::{Count, EndSessions, IfStill, NewSession, Session, User};
 
 /// Schema steps, oldest first; `PRAGMA user_version` is the number applied.
 ///
 /// Rules: append only. A released step is never edited or removed, since databases in the
 /// field have already run it; a change to the schema is a new step at the end, here and in
 /// `postgres::MIGRATIONS` alike, so that a version number means the same schema in both.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+pub(super) const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql"), SESSIONS];
+
+/// Version 2: sessions of their own, several per user, each with its own clock in
+/// milliseconds; the sessions open before the upgrade carry over. And one table of counters
+/// for the login throttle and the abuse limits, which the login failures' table becomes.
+const SESSIONS: &str = "
+CREATE TABLE sessions (
+    digest     TEXT    PRIMARY KEY,
+    handle     TEXT    NOT NULL UNIQUE,
+    user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    seen_at    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_user ON sessions (user_id, seen_at);
+CREATE INDEX sessions_seen ON sessions (seen_at);
+INSERT INTO sessions (digest, handle, user_id, created_at, seen_at)
+    SELECT session_id, lower(hex(randomblob(16))), id,
+           coalesce(session_created_at, 0) * 1000, coalesce(session_seen_at, 0) * 1000
+    FROM users WHERE session_id IS NOT NULL;
+DROP INDEX users_session_id;
+ALTER TABLE users DROP COLUMN session_id;
+ALTER TABLE users DROP COLUMN session_created_at;
+ALTER TABLE users DROP COLUMN session_seen_at;
+ALTER TABLE login_failures RENAME TO counters;
+ALTER TABLE counters RENAME COLUMN failures TO count;
+";
 
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +97,8 @@ impl Sqlite {
             ));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // A deleted user's sessions go with it (ON DELETE CASCADE).
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         let mut db = Sqlite { conn };
         db.migrate()?;
@@ -114,11 +141,7 @@ impl Sqlite {
     }
 
     pub(super) fn find_user_by(&self, filters: &[(&str, Value)]) -> Result<Option<User>, DbError> {
-        let sql = format!(
-            "{SELECT_USER} WHERE {} ORDER BY id LIMIT 1",
-            where_clause::<Sql>(filters, 1)?
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&select_user::<Sql>(filters)?)?;
         let args = bound_values(filters);
         Ok(stmt
             .query_row(rusqlite::params_from_iter(args), read_user)
@@ -139,6 +162,144 @@ impl Sqlite {
         Ok(stmt.execute(rusqlite::params_from_iter(args))? == 1)
     }
 
+    pub(super) fn delete_user(&self, user_id: i64) -> Result<bool, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM users WHERE id = ?1")?;
+        Ok(stmt.execute([user_id])? == 1)
+    }
+
+    pub(super) fn replace_password(
+        &self,
+        user_id: i64,
+        if_still: IfStill<'_>,
+        new_hash: &str,
+        end: EndSessions<'_>,
+    ) -> Result<bool, DbError> {
+        let (condition, value) = match if_still {
+            IfStill::Hash(hash) => ("hashed_password = ?3", Some(hash)),
+            IfStill::ResetToken(digest) => ("reset_token = ?3", Some(digest)),
+            IfStill::Always => ("?3 IS NULL", None),
+        };
+        // Immediate: a login's conditional session insert waits behind it, or it behind the
+        // login, never in between.
+        let tx = self.immediate()?;
+        let replaced = tx
+            .prepare_cached(&format!(
+                "UPDATE users SET hashed_password = ?2, reset_token = NULL, \
+                 reset_expires_at = NULL WHERE id = ?1 AND {condition}"
+            ))?
+            .execute(params![user_id, new_hash, value])?
+            == 1;
+        if replaced {
+            end_sessions(&tx, user_id, end)?;
+        }
+        tx.commit()?;
+        Ok(replaced)
+    }
+
+    pub(super) fn add_session(&self, new: &NewSession<'_>) -> Result<Option<usize>, DbError> {
+        let tx = self.immediate()?;
+        let started =
+            tx.prepare_cached(
+                "INSERT INTO sessions (digest, handle, user_id, created_at, seen_at) \
+                 SELECT ?1, ?2, id, ?3, ?3 FROM users WHERE id = ?4 AND hashed_password = ?5",
+            )?
+            .execute(params![
+                new.digest,
+                new.handle,
+                new.now,
+                new.user_id,
+                new.verified_hash
+            ])? == 1;
+        if !started {
+            return Ok(None);
+        }
+        let evicted = tx
+            .prepare_cached(
+                "DELETE FROM sessions WHERE user_id = ?1 AND digest NOT IN \
+                 (SELECT digest FROM sessions WHERE user_id = ?1 \
+                  ORDER BY seen_at DESC, created_at DESC LIMIT ?2)",
+            )?
+            .execute(params![new.user_id, new.max_sessions])?;
+        tx.commit()?;
+        Ok(Some(evicted))
+    }
+
+    pub(super) fn session(&self, digest: &str) -> Result<Option<(User, Session)>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.id, u.email, u.hashed_password, s.digest, u.reset_token, \
+             u.reset_expires_at, s.handle, s.created_at, s.seen_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = ?1",
+        )?;
+        Ok(stmt
+            .query_row([digest], |r| {
+                let user = read_user(r)?;
+                let session = Session {
+                    handle: r.get(6)?,
+                    user_id: user.id,
+                    created_at: r.get(7)?,
+                    seen_at: r.get(8)?,
+                };
+                Ok((user, session))
+            })
+            .optional()?)
+    }
+
+    pub(super) fn touch_session(&self, digest: &str, now: i64) -> Result<(), DbError> {
+        self.conn
+            .prepare_cached("UPDATE sessions SET seen_at = ?2 WHERE digest = ?1")?
+            .execute(params![digest, now])?;
+        Ok(())
+    }
+
+    pub(super) fn sessions(&self, user_id: i64) -> Result<Vec<Session>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT handle, created_at, seen_at FROM sessions WHERE user_id = ?1 \
+             ORDER BY seen_at DESC, created_at DESC",
+        )?;
+        let rows = stmt.query_map([user_id], |r| {
+            Ok(Session {
+                handle: r.get(0)?,
+                user_id,
+                created_at: r.get(1)?,
+                seen_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(super) fn end_session(&self, digest: &str) -> Result<bool, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE digest = ?1")?;
+        Ok(stmt.execute([digest])? == 1)
+    }
+
+    pub(super) fn end_session_by_handle(
+        &self,
+        user_id: i64,
+        handle: &str,
+    ) -> Result<bool, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND handle = ?2")?;
+        Ok(stmt.execute(params![user_id, handle])? == 1)
+    }
+
+    pub(super) fn end_sessions(&self, user_id: i64, keep: Option<&str>) -> Result<usize, DbError> {
+        let end = keep.map_or(EndSessions::All, EndSessions::AllBut);
+        end_sessions(&self.conn, user_id, end)
+    }
+
+    pub(super) fn prune_sessions(&self, seen_before: i64, limit: usize) -> Result<usize, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "DELETE FROM sessions WHERE digest IN \
+             (SELECT digest FROM sessions WHERE seen_at < ?1 LIMIT ?2)",
+        )?;
+        Ok(stmt.execute(params![seen_before, limit as i64])?)
+    }
+
     pub(super) fn ping(&self) -> Result<(), DbError> {
         self.conn
             .prepare_cached("SELECT count(*) FROM users WHERE id = 0")?
@@ -146,49 +307,77 @@ impl Sqlite {
         Ok(())
     }
 
-    pub(super) fn login_failures(
+    pub(super) fn count(
         &self,
-        scope: &str,
-        now: i64,
-    ) -> Result<Option<(u32, i64)>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT failures, window_ends FROM login_failures \
-             WHERE scope = ?1 AND window_ends > ?2",
-        )?;
-        Ok(stmt
-            .query_row(params![scope, now], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
-    }
-
-    pub(super) fn record_login_failure(
-        &self,
-        scope: &str,
+        scopes: &[&str],
         now: i64,
         window: i64,
-    ) -> Result<u32, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO login_failures (scope, failures, window_ends) VALUES (?1, 1, ?2 + ?3) \
+    ) -> Result<Vec<(String, Count)>, DbError> {
+        // ?1 the time, ?2 the window, then each scope.
+        let rows: Vec<String> = (3..scopes.len() + 3)
+            .map(|n| format!("(?{n}, 1, ?1 + ?2)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO counters (scope, count, window_ends) VALUES {} \
              ON CONFLICT (scope) DO UPDATE SET \
-               failures = CASE WHEN window_ends > ?2 THEN failures + 1 ELSE 1 END, \
-               window_ends = CASE WHEN window_ends > ?2 THEN window_ends ELSE ?2 + ?3 END \
-             RETURNING failures",
-        )?;
-        Ok(stmt.query_row(params![scope, now, window], |r| r.get(0))?)
+               count = CASE WHEN counters.window_ends > ?1 THEN counters.count + 1 ELSE 1 END, \
+               window_ends = CASE WHEN counters.window_ends > ?1 THEN counters.window_ends \
+                             ELSE ?1 + ?2 END \
+             RETURNING scope, count, window_ends",
+            rows.join(", ")
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut args: Vec<&dyn ToSql> = vec![&now, &window];
+        args.extend(scopes.iter().map(|s| s as &dyn ToSql));
+        let rows = stmt.query_map(args.as_slice(), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Count {
+                    n: r.get(1)?,
+                    window_ends: r.get(2)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub(super) fn clear_login_failures(&self, scope: &str) -> Result<(), DbError> {
+    pub(super) fn count_back(&self, clear: &str, decrement: &str, now: i64) -> Result<(), DbError> {
         self.conn
-            .prepare_cached("DELETE FROM login_failures WHERE scope = ?1")?
-            .execute([scope])?;
+            .prepare_cached(
+                "UPDATE counters SET count = CASE WHEN scope = ?1 THEN 0 ELSE count - 1 END \
+                 WHERE scope IN (?1, ?2) AND window_ends > ?3 AND count > 0",
+            )?
+            .execute(params![clear, decrement, now])?;
         Ok(())
     }
 
-    pub(super) fn prune_login_failures(&self, now: i64) -> Result<usize, DbError> {
+    pub(super) fn prune_counters(&self, now: i64) -> Result<usize, DbError> {
         Ok(self
             .conn
-            .prepare_cached("DELETE FROM login_failures WHERE window_ends <= ?1")?
+            .prepare_cached("DELETE FROM counters WHERE window_ends <= ?1")?
             .execute([now])?)
     }
+
+    /// A write transaction that takes the write lock at once.
+    fn immediate(&self) -> Result<rusqlite::Transaction<'_>, DbError> {
+        Ok(rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?)
+    }
+}
+
+/// Ends `user_id`'s sessions as `end` says; how many.
+fn end_sessions(conn: &Connection, user_id: i64, end: EndSessions<'_>) -> Result<usize, DbError> {
+    Ok(match end {
+        EndSessions::None => 0,
+        EndSessions::All => conn
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+            .execute([user_id])?,
+        EndSessions::AllBut(keep) => conn
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND digest != ?2")?
+            .execute(params![user_id, keep])?,
+    })
 }
 
 fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
@@ -197,9 +386,7 @@ fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         email: row.get(1)?,
         hashed_password: row.get(2)?,
         session_id: row.get(3)?,
-        session_created_at: row.get(4)?,
-        session_seen_at: row.get(5)?,
-        reset_token: row.get(6)?,
-        reset_expires_at: row.get(7)?,
+        reset_token: row.get(4)?,
+        reset_expires_at: row.get(5)?,
     })
 }

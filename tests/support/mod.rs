@@ -62,6 +62,10 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     config.policy.bcrypt_cost = 4;
+    // Tests register and reset from one address, many times: the abuse limits are off unless
+    // a test turns them on (tests/accounts.rs does).
+    config.policy.max_registrations = 0;
+    config.policy.max_reset_requests = 0;
     config
 }
 
@@ -344,6 +348,12 @@ impl ChildServer {
             .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
             .arg(test_db(db))
             .args(args)
+            // The abuse limits off, as in test_config (through variables, which an older binary
+            // ignores): a test's own variables and flags win.
+            .envs([
+                ("AUTH_MAX_REGISTRATIONS", "0"),
+                ("AUTH_MAX_RESET_REQUESTS", "0"),
+            ])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
