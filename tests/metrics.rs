@@ -413,23 +413,18 @@ fn the_in_flight_gauge_counts_requests_being_handled() {
 
     // A request whose body has not all arrived is in flight from its first byte.
     let body = format!("email=slow@example.com&password=p&pad={}", "x".repeat(2000));
-    let head = format!(
-        "POST /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let request = request("POST", "/users", &[("Content-Type", FORM)], body.as_bytes());
+    let (first, rest) = request.split_at(request.len() - 1900);
     let mut slow = TcpStream::connect(s.addr).unwrap();
-    slow.write_all(head.as_bytes()).unwrap();
-    slow.write_all(&body.as_bytes()[..100]).unwrap();
+    slow.write_all(first).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Scrape::of(&s).get(IN_FLIGHT) < 2.0 {
         assert!(Instant::now() < deadline, "the slow request never showed");
         std::thread::sleep(Duration::from_millis(20));
     }
-    slow.write_all(&body.as_bytes()[100..]).unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut slow, &mut response).unwrap();
-    assert_eq!(raw_status(&response), 200, "{response}");
+    slow.write_all(rest).unwrap();
+    let r = read_response(&mut slow, Duration::from_secs(10));
+    assert_eq!(r.status, 200, "{r:?}");
     let after = Scrape::when(&s, |a| a.get(IN_FLIGHT) == 1.0);
     assert_eq!(
         after.get(IN_FLIGHT),

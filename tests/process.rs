@@ -378,7 +378,7 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
     let barrier = Arc::new(Barrier::new(n));
     let logins: Vec<_> = (0..n)
         .map(|_| {
-            let client = Client::new(server.base.clone());
+            let client = Client::new(server.addr);
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 barrier.wait();

@@ -132,19 +132,14 @@ impl Watched {
         form: &[(&str, &str)],
     ) -> Resp {
         self.keep_form(form);
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        let body = support::form(form);
+        let mut all = vec![("Content-Type", FORM)];
         all.extend_from_slice(headers);
-        self.see(request_from(
-            ip(from),
-            self.server.addr,
-            "POST",
-            path,
-            &all,
-            body.as_bytes(),
-        ))
+        self.see(
+            self.server
+                .from(ip(from))
+                .send("POST", path, &all, body.as_bytes()),
+        )
     }
 
     /// A login from source address `from`.

@@ -53,7 +53,7 @@ fn cheap_requests_are_answered_while_bcrypt_is_saturated_and_the_overflow_is_she
     let threads: Vec<_> = (0..n)
         .map(|i| {
             let barrier = Arc::clone(&barrier);
-            let client = Client::new(s.base.clone());
+            let client = Client::new(s.addr);
             thread::spawn(move || {
                 barrier.wait();
                 let email = format!("user{i}@example.com");

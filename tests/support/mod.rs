@@ -1,11 +1,10 @@
 //! What the black-box tests share: a server on port 0 with its own temporary database (in this
-//! process, or the real binary as a child), and small HTTP helpers that return what a client
-//! sees.
+//! process, or the real binary as a child), and (in `http`) what a client does and sees.
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use auth_service::server::Handler;
 use auth_service::{Config, Server};
-use serde_json::Value;
-use ureq::Agent;
+
+// What a client does and sees: Resp, Client, raw connections.
+mod http;
+pub use http::*;
 
 // The store under test: SQLite files, or PostgreSQL databases with AUTH_TEST_POSTGRES.
 mod store;
@@ -65,133 +66,6 @@ pub fn test_config(dir: &Path) -> Config {
     config
 }
 
-/// What a client saw.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub text: String,
-    /// The body as JSON; `Value::Null` when it is not JSON.
-    pub json: Value,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Resp {
-    /// The first header called `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The `session_id` value the response sets, if any (empty when it clears it).
-    pub fn session_cookie(&self) -> Option<String> {
-        let cookie = self.header("set-cookie")?;
-        let value = cookie.strip_prefix("session_id=")?;
-        Some(value.split(';').next().unwrap_or_default().to_owned())
-    }
-}
-
-/// An HTTP client that reports every status as an answer and follows no redirect.
-pub fn agent() -> Agent {
-    Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
-    let mut response = result.expect("the request got an HTTP answer");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        text,
-        json,
-        headers,
-    }
-}
-
-/// HTTP verbs against a base URL.
-pub struct Client {
-    pub base: String,
-    pub agent: Agent,
-}
-
-impl Client {
-    pub fn new(base: impl Into<String>) -> Client {
-        Client {
-            base: base.into(),
-            agent: agent(),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub fn get(&self, path: &str, session: Option<&str>) -> Resp {
-        let mut rq = self.agent.get(self.url(path));
-        if let Some(s) = session {
-            rq = rq.header("Cookie", format!("session_id={s}"));
-        }
-        read(rq.call())
-    }
-
-    pub fn delete(&self, path: &str, session: Option<&str>) -> Resp {
-        let mut rq = self.agent.delete(self.url(path));
-        if let Some(s) = session {
-            rq = rq.header("Cookie", format!("session_id={s}"));
-        }
-        read(rq.call())
-    }
-
-    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        read(
-            self.agent
-                .post(self.url(path))
-                .send_form(form.iter().copied()),
-        )
-    }
-
-    pub fn put(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        read(
-            self.agent
-                .put(self.url(path))
-                .send_form(form.iter().copied()),
-        )
-    }
-
-    /// Any method, raw body, extra headers.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path));
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let request = builder.body(body.to_vec()).unwrap();
-        read(self.agent.run(request))
-    }
-
-    /// Registers `email` and logs in; the session id.
-    pub fn register_and_log_in(&self, email: &str, password: &str) -> String {
-        let r = self.post("/users", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "register {email}: {}", r.text);
-        let r = self.post("/sessions", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
-        r.session_cookie().expect("a session cookie")
-    }
-}
-
 /// The service in this process, on a free port, with its own database.
 pub struct TestServer {
     pub client: Client,
@@ -231,7 +105,7 @@ impl TestServer {
         let server = Server::start_with(config.clone(), handler).expect("the server starts");
         let addr = server.addr();
         TestServer {
-            client: Client::new(format!("http://{addr}")),
+            client: Client::new(addr),
             addr,
             config,
             server: Some(server),
@@ -390,7 +264,7 @@ impl ChildServer {
         ChildServer {
             child,
             addr,
-            client: Client::new(format!("http://{addr}")),
+            client: Client::new(addr),
             output,
             dir,
         }
@@ -430,66 +304,6 @@ impl Drop for ChildServer {
     }
 }
 
-/// Sends raw bytes from source address `from` (any 127.0.0.0/8 address works on Linux) and
-/// returns everything the server sends back before closing or going quiet for a second.
-pub fn raw_request(from: IpAddr, to: SocketAddr, request: &[u8]) -> String {
-    let mut stream = connect_from(from, to);
-    stream.write_all(request).unwrap();
-    // The first byte may be slow on a loaded machine (the whole suite runs at once): wait
-    // long for it, then stop after a second of quiet.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        stream
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A TCP connection to `to` whose local address is `from`.
-pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
-    socket.connect(&to.into()).unwrap();
-    socket.into()
-}
-
-/// A form-encoded HTTP/1.1 POST from `from`, closing the connection after it; the raw
-/// response text.
-pub fn post_from(from: IpAddr, to: SocketAddr, path: &str, form: &[(&str, &str)]) -> String {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    raw_request(from, to, request.as_bytes())
-}
-
-/// The status code of a raw HTTP response.
-pub fn raw_status(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 impl TestServer {
     /// A server whose configuration `adjust` changes first and that routes through `handler`
     /// (for example one worker and a handler that panics).
@@ -518,48 +332,6 @@ pub fn is_uuid_v4(s: &str) -> bool {
         && groups[3].starts_with(['8', '9', 'a', 'b'])
 }
 
-/// Reads one HTTP response from `stream`: the head, then as many body bytes as its
-/// `Content-Length` says. Gives up (returning what it has) after `limit` without a byte, so a
-/// server that never answers fails the test instead of hanging it.
-pub fn read_one_response(stream: &mut TcpStream, limit: Duration) -> String {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if out.len() >= end + 4 + length {
-                out.truncate(end + 4 + length);
-                break;
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The body of a raw HTTP response (what follows the blank line).
-pub fn raw_body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
-
-/// The first header called `name` (any case) of a raw HTTP response.
-pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    let head = response.split("\r\n\r\n").next()?;
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
 impl ChildServer {
     /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
     /// to the end; everything it printed. (Each reader thread holds a clone of `output` until
@@ -578,48 +350,5 @@ impl ChildServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.output()
-    }
-}
-
-/// Any request from source address `from` (a 127.0.0.0/8 address on Linux), closing the
-/// connection after it; the response as a [`Resp`].
-pub fn request_from(
-    from: IpAddr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for (name, value) in headers {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(body);
-    raw_resp(&raw_request(from, to, &request))
-}
-
-/// A raw HTTP response (as [`raw_request`] returns it) as a [`Resp`].
-pub fn raw_resp(response: &str) -> Resp {
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            Some((key.trim().to_owned(), value.trim().to_owned()))
-        })
-        .collect();
-    let text = raw_body(response).to_owned();
-    Resp {
-        status: raw_status(response),
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-        headers,
     }
 }
