@@ -397,18 +397,6 @@ fn threads_of(uid: u32) -> u64 {
         .sum()
 }
 
-/// Everything the child printed, once it has exited and its pipes are drained (or, if it is
-/// still running, what it printed so far).
-fn output_after_exit(server: &mut ChildServer) -> String {
-    if server.child.try_wait().unwrap().is_some() {
-        let started = Instant::now();
-        while Arc::strong_count(&server.output) > 1 && started.elapsed() < secs(5) {
-            sleep(ms(10));
-        }
-    }
-    server.output()
-}
-
 /// Lines of `output` that report a panic.
 fn panics(output: &str) -> Vec<&str> {
     output.lines().filter(|l| l.contains("panicked")).collect()
@@ -419,39 +407,51 @@ fn panics(output: &str) -> Vec<&str> {
 /// supervisor restarts it; and it never panics. It gets a few seconds to recover: probes are
 /// tried for 4 s.
 fn carries_on_or_exits_non_zero(server: &mut ChildServer, problems: &mut Vec<String>) {
-    let started = Instant::now();
-    loop {
+    // How it ended up: exited with a status, or carried on (`None`).
+    let mut failed_probe = String::new();
+    let outcome = poll(secs(4), || {
         if let Some(status) = server.child.try_wait().unwrap() {
+            return Some(Some(status));
+        }
+        match probe(server.addr) {
+            Ok(_) => Some(None),
+            Err(e) => {
+                failed_probe = e;
+                sleep(ms(200)); // a server short of descriptors or threads is not flooded
+                None
+            }
+        }
+    });
+    match outcome {
+        Some(Some(status)) => {
             if status.code() == Some(0) {
                 problems.push(format!(
                     "it exited by itself with {status}: it must exit non-zero when it stops"
                 ));
             }
-            break;
         }
-        match probe(server.addr) {
-            Ok(_) => {
-                server.signal("TERM");
-                let code = server.wait_exit(secs(15));
-                if code != Some(0) {
-                    problems.push(format!(
-                        "after carrying on, SIGTERM ended it with {code:?}, not 0"
-                    ));
-                }
-                break;
-            }
-            Err(e) if started.elapsed() > secs(4) => {
-                let threads = proc_status(server.child.id(), "Threads:");
+        Some(None) => {
+            server.signal("TERM");
+            let code = server.wait_exit(secs(15));
+            if code != Some(0) {
                 problems.push(format!(
-                    "it stays up but has not answered for 4 s: a probe {e} (threads: \
-                     {threads:?})"
+                    "after carrying on, SIGTERM ended it with {code:?}, not 0"
                 ));
-                break;
             }
-            Err(_) => sleep(ms(200)),
+        }
+        None => {
+            let threads = proc_status(server.child.id(), "Threads:");
+            problems.push(format!(
+                "it stays up but has not answered for 4 s: a probe {failed_probe} (threads: \
+                 {threads:?})"
+            ));
         }
     }
-    let output = output_after_exit(server);
+    // Everything it printed: once it has exited, with its pipes drained.
+    let output = match server.child.try_wait().unwrap() {
+        Some(_) => server.drained_output(secs(5)),
+        None => server.output(),
+    };
     let panicked = panics(&output);
     if !panicked.is_empty() {
         problems.push(format!(
@@ -740,11 +740,7 @@ fn flood(server: &ChildServer, start: &[u8], unit: &[u8], total: usize) -> Flood
         };
     }
     // Give the server a moment to answer and close, then stop reading.
-    let waited = Instant::now();
-    while !closed.load(Ordering::SeqCst) && waited.elapsed() < secs(3) {
-        sleep(ms(10));
-    }
-    let server_closed = closed.load(Ordering::SeqCst);
+    let server_closed = poll(secs(3), || closed.load(Ordering::SeqCst).then_some(())).is_some();
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let got = reading.join().unwrap();
     Flood {
@@ -1533,16 +1529,19 @@ fn connections_past_the_limit_are_closed_at_once() {
     drop(idle.remove(0));
     sleep(ms(200));
     // The server may take a moment to see the close: a few tries, each held to a second.
-    let started = Instant::now();
-    let mut served = Err(String::new());
-    while served.is_err() && started.elapsed() < secs(2) {
-        served = probe(server.addr);
-        if served.is_err() {
+    let mut failed_probe = String::new();
+    let served = poll(secs(2), || match probe(server.addr) {
+        Ok(took) => Some(took),
+        Err(e) => {
+            failed_probe = e;
             sleep(ms(200));
+            None
         }
-    }
-    if let Err(e) = served {
-        problems.push(format!("once one of the 20 closed, a new connection {e}"));
+    });
+    if served.is_none() {
+        problems.push(format!(
+            "once one of the 20 closed, a new connection {failed_probe}"
+        ));
     }
 
     let stream = &mut idle[0];
@@ -1619,10 +1618,12 @@ fn emails_with_control_characters_are_refused() {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .collect()
     };
-    let started = Instant::now();
-    while !received().iter().any(|e| e == "ok@example.com") && started.elapsed() < secs(5) {
-        sleep(ms(50));
-    }
+    poll(secs(5), || {
+        received()
+            .iter()
+            .any(|e| e == "ok@example.com")
+            .then_some(())
+    });
     sleep(ms(500)); // any delivery still queued
     let emails = received();
     if !emails.iter().any(|e| e == "ok@example.com") {

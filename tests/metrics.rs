@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -171,14 +171,10 @@ impl Scrape {
     /// Scrapes until `settled` holds of a scrape, for at most 10 s; the last scrape. A worker
     /// counts a request just after writing its answer, so the client can be a moment ahead.
     fn when(server: &TestServer, settled: impl Fn(&Scrape) -> bool) -> Scrape {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let scrape = Scrape::of(server);
-            if settled(&scrape) || Instant::now() > deadline {
-                return scrape;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(Duration::from_secs(10), || {
+            Some(Scrape::of(server)).filter(|scrape| settled(scrape))
+        })
+        .unwrap_or_else(|| Scrape::of(server))
     }
 }
 
@@ -417,11 +413,9 @@ fn the_in_flight_gauge_counts_requests_being_handled() {
     let (first, rest) = request.split_at(request.len() - 1900);
     let mut slow = TcpStream::connect(s.addr).unwrap();
     slow.write_all(first).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Scrape::of(&s).get(IN_FLIGHT) < 2.0 {
-        assert!(Instant::now() < deadline, "the slow request never showed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the slow request to show", Duration::from_secs(10), || {
+        (Scrape::of(&s).get(IN_FLIGHT) >= 2.0).then_some(())
+    });
     slow.write_all(rest).unwrap();
     let r = read_response(&mut slow, Duration::from_secs(10));
     assert_eq!(r.status, 200, "{r:?}");

@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -282,14 +282,15 @@ fn log_in(server: &Client, email: &str, password: &str) -> String {
 /// Registers `email`, waiting out 503s (the bcrypt queue shedding load, as a client that
 /// honours `Retry-After` would); the final status.
 fn register_until_answered(client: &Client, email: &str) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client.post("/users", &[("email", email), ("password", "pw")]);
-        if r.status != 503 || Instant::now() > deadline {
-            return r.status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let register = || {
+        client
+            .post("/users", &[("email", email), ("password", "pw")])
+            .status
+    };
+    poll(Duration::from_secs(30), || {
+        Some(register()).filter(|s| *s != 503)
+    })
+    .unwrap_or_else(register)
 }
 
 /// Registers dave on the first server, then fails to log in as him round-robin across

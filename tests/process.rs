@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -33,17 +33,13 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > Duration::from_secs(20) {
+    let code = match poll(Duration::from_secs(20), || child.try_wait().unwrap()) {
+        Some(status) => status.code(),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            None
         }
-        std::thread::sleep(Duration::from_millis(10));
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -216,14 +212,10 @@ fn access_lines(output: &str) -> Vec<(String, String, u16)> {
 
 /// Polls `server`'s output until it holds `n` access-log lines (or 10 s pass).
 fn wait_for_access_lines(server: &ChildServer, n: usize) -> Vec<(String, String, u16)> {
-    let started = Instant::now();
-    loop {
-        let lines = access_lines(&server.output());
-        if lines.len() >= n || started.elapsed() > Duration::from_secs(10) {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll(Duration::from_secs(10), || {
+        Some(access_lines(&server.output())).filter(|lines| lines.len() >= n)
+    })
+    .unwrap_or_else(|| access_lines(&server.output()))
 }
 
 #[test]
@@ -391,12 +383,10 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
         .collect();
 
     // Wait until the server holds all of them (plus the /metrics request asking).
-    let started = Instant::now();
-    let mut all_in_flight = false;
-    while !all_in_flight && started.elapsed() < Duration::from_secs(10) {
-        all_in_flight = in_flight(&server) > n as u64;
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let all_in_flight = poll(Duration::from_secs(10), || {
+        (in_flight(&server) > n as u64).then_some(())
+    })
+    .is_some();
     server.signal("TERM");
 
     let answers: Vec<Resp> = logins.into_iter().map(|t| t.join().unwrap()).collect();

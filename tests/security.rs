@@ -215,20 +215,6 @@ fn retry_after(r: &Resp, window: u64) -> u64 {
     secs
 }
 
-/// Polls `check` every `every` until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if check() {
-            return true;
-        }
-        if started.elapsed() > limit {
-            return false;
-        }
-        sleep(every);
-    }
-}
-
 /// A reset command that writes what it received (`$AUTH_EMAIL` and `$AUTH_RESET_TOKEN`, one a
 /// line) to `out`, whole: through a file moved into place, since it runs while the test reads.
 fn delivery_script(dir: &Path, out: &Path, fail: bool) -> PathBuf {
@@ -247,20 +233,19 @@ fn delivery_script(dir: &Path, out: &Path, fail: bool) -> PathBuf {
 /// The (email, token) the delivery script last wrote to `out`, once it differs from `before`:
 /// the command runs after the answer, off the request's worker.
 fn delivered(out: &Path, before: Option<&(String, String)>) -> (String, String) {
-    let mut found = None;
-    let arrived = eventually(Duration::from_secs(20), Duration::from_millis(10), || {
-        let text = std::fs::read_to_string(out).unwrap_or_default();
-        let mut lines = text.lines().map(str::to_owned);
-        let pair = (
-            lines.next().unwrap_or_default(),
-            lines.next().unwrap_or_default(),
-        );
-        let fresh = is_uuid_v4(&pair.1) && before != Some(&pair);
-        found = Some(pair);
-        fresh
-    });
-    assert!(arrived, "the reset command delivered a token: {found:?}");
-    found.unwrap()
+    eventually(
+        "the reset command to deliver a token",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(out).unwrap_or_default();
+            let mut lines = text.lines().map(str::to_owned);
+            let pair = (
+                lines.next().unwrap_or_default(),
+                lines.next().unwrap_or_default(),
+            );
+            (is_uuid_v4(&pair.1) && before != Some(&pair)).then_some(pair)
+        },
+    )
 }
 
 /// An executable shell script in `dir`.
@@ -407,10 +392,11 @@ fn a_session_ends_after_its_ttl_even_in_use_and_then_reads_as_unknown() {
     assert_eq!(s.get("/profile", Some(&id)).status, 200);
 
     // Used all along, it still ends.
-    let ended = eventually(Duration::from_secs(6), Duration::from_millis(200), || {
-        s.get("/profile", Some(&id)).status == 403
-    });
-    assert!(ended, "the session outlived --session-ttl");
+    eventually(
+        "the session to end at --session-ttl",
+        Duration::from_secs(6),
+        || (s.get("/profile", Some(&id)).status == 403).then_some(()),
+    );
 
     let unknown = uuid::Uuid::new_v4().to_string();
     let (expired, stranger) = (
@@ -593,13 +579,9 @@ fn a_failing_reset_command_is_logged_and_counted_not_answered() {
             r#"{"email":"fail@example.com","message":"reset token sent"}"#
         );
         let failed = r#"auth_reset_deliveries_total{outcome="failed"} 1"#;
-        assert!(
-            eventually(Duration::from_secs(20), Duration::from_millis(20), || s
-                .get("/metrics", None)
-                .text
-                .contains(failed)),
-            "the failure is counted"
-        );
+        eventually("the failure to be counted", Duration::from_secs(20), || {
+            s.get("/metrics", None).text.contains(failed).then_some(())
+        });
         if out.exists() {
             s.keep(&delivered(&out, None).1);
         }

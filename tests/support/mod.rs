@@ -280,16 +280,20 @@ impl ChildServer {
         assert!(status.success());
     }
 
-    /// Waits up to `limit` for the child to exit; its exit code.
+    /// Waits up to `limit` for the child to exit; its exit code (`None` if it has not exited,
+    /// or died of a signal).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        poll(limit, || self.child.try_wait().unwrap())?.code()
+    }
+
+    /// Everything the child printed, once both pipes are read to the end (each reader thread
+    /// holds a clone of `output` until it reaches end of file, so the count falling to one
+    /// means both are drained) or `limit` has passed.
+    pub fn drained_output(&self, limit: Duration) -> String {
+        poll(limit, || {
+            (Arc::strong_count(&self.output) == 1).then_some(())
+        });
+        self.output()
     }
 
     pub fn output(&self) -> String {
@@ -334,8 +338,7 @@ pub fn is_uuid_v4(s: &str) -> bool {
 
 impl ChildServer {
     /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
-    /// to the end; everything it printed. (Each reader thread holds a clone of `output` until
-    /// it reaches end of file, so the count falling to one means both pipes are drained.)
+    /// to the end; everything it printed.
     pub fn stop_and_collect(&mut self) -> String {
         if self.child.try_wait().unwrap().is_none() {
             self.signal("TERM");
@@ -345,10 +348,29 @@ impl ChildServer {
                 "the server exits 0 on SIGTERM"
             );
         }
-        let started = Instant::now();
-        while Arc::strong_count(&self.output) > 1 && started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.output()
+        self.drained_output(Duration::from_secs(10))
     }
+}
+
+/// Calls `check` until it gives a value or `limit` passes, every 10 ms: the value, or `None`
+/// when the time ran out (for tests that report that themselves).
+pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`poll`], failing the test, saying it waited for `what`, when `limit` passes first.
+#[track_caller]
+pub fn eventually<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    let value = poll(limit, check);
+    assert!(value.is_some(), "waited {limit:?} for {what}");
+    value.unwrap()
 }
