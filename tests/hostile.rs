@@ -994,11 +994,7 @@ fn running_out_of_threads_drops_connections_not_the_server() {
 fn pipelining_logins_without_reading_does_not_block_the_bcrypt_lane() {
     let _serial = serial();
     let server = start(&[], &[]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
     let login = form_post(
         "/sessions",
         &[("email", "bob@example.com"), ("password", "pw")],
@@ -1089,10 +1085,8 @@ fn reset_mail_is_delivered_off_the_workers() {
         &[("AUTH_MAX_RESET_REQUESTS", "0")],
     );
     let session = server.register_and_log_in("bob@example.com", "pw");
-    let profile = format!(
-        "GET /profile HTTP/1.1\r\nHost: probe\r\nCookie: session_id={session}\r\n\
-         Connection: close\r\n\r\n"
-    );
+    let cookie = format!("session_id={session}");
+    let profile = request("GET", "/profile", &[("Cookie", &cookie)], b"");
     let reset = form_post("/reset_password", &[("email", "bob@example.com")]);
 
     let barrier = Arc::new(Barrier::new(32));
@@ -1107,7 +1101,7 @@ fn reset_mail_is_delivered_off_the_workers() {
             })
         })
         .collect();
-    let probes = probe_for(server.addr, secs(4), profile.as_bytes());
+    let probes = probe_for(server.addr, secs(4), &profile);
 
     let mut problems = Vec::new();
     probes.check(&mut problems);
@@ -1159,11 +1153,7 @@ struct Flooded {
 fn the_bcrypt_lane_is_fair_to_another_address() {
     let _serial = serial();
     let server = start(&["--bcrypt-cost", "10"], &[("AUTH_MAX_REGISTRATIONS", "0")]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
     let to = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_started = Instant::now();
@@ -1597,18 +1587,17 @@ fn emails_with_control_characters_are_refused() {
         "a\0@x.y",
         "a\r\n@x.y",
     ] {
-        let r = server.post("/users", &[("email", email), ("password", "pw")]);
+        let r = server.register(email, "pw");
         expect_400(&format!("registering {email:?}"), r);
     }
     for email in ["a\0@x.y", "a\r\n@x.y"] {
-        let r = server.post("/reset_password", &[("email", email)]);
+        let r = server.reset_token(email);
         expect_400(&format!("a reset for {email:?}"), r);
     }
 
     // A real reset, so that the command is known to run and record.
-    let r = server.post("/users", &[("email", "ok@example.com"), ("password", "pw")]);
-    assert_eq!(r.status, 200, "{r:?}");
-    let r = server.post("/reset_password", &[("email", "ok@example.com")]);
+    server.register_ok("ok@example.com", "pw");
+    let r = server.reset_token("ok@example.com");
     assert_eq!(r.status, 200, "{r:?}");
     let received = || -> Vec<String> {
         std::fs::read_dir(&inbox)

@@ -32,21 +32,21 @@ fn a_session_from_one_instance_is_valid_on_the_other_until_ended_on_either() {
         return;
     };
     let session = a.register_and_log_in("bob@example.com", "hunter2");
-    let r = b.get("/profile", Some(&session));
+    let r = b.profile(&session);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["email"], "bob@example.com");
 
     // A logout through B ends the session on A too.
-    assert_eq!(b.delete("/sessions", Some(&session)).status, 302);
-    assert_eq!(a.get("/profile", Some(&session)).status, 403);
-    assert_eq!(b.get("/profile", Some(&session)).status, 403);
-    assert_eq!(a.delete("/sessions", Some(&session)).status, 403);
+    assert_eq!(b.log_out(&session).status, 302);
+    assert_eq!(a.profile(&session).status, 403);
+    assert_eq!(b.profile(&session).status, 403);
+    assert_eq!(a.log_out(&session).status, 403);
 
     // A login through B replaces the session A handed out (one session per user).
-    let on_a = log_in(&a, "bob@example.com", "hunter2");
-    let on_b = log_in(&b, "bob@example.com", "hunter2");
-    assert_eq!(a.get("/profile", Some(&on_a)).status, 403);
-    assert_eq!(a.get("/profile", Some(&on_b)).status, 200);
+    let on_a = a.log_in_ok("bob@example.com", "hunter2");
+    let on_b = b.log_in_ok("bob@example.com", "hunter2");
+    assert_eq!(a.profile(&on_a).status, 403);
+    assert_eq!(a.profile(&on_b).status, 200);
 }
 
 #[test]
@@ -55,42 +55,25 @@ fn a_password_reset_through_one_instance_holds_on_the_other() {
         return;
     };
     let session = a.register_and_log_in("carol@example.com", "old password");
-    let r = a.post("/reset_password", &[("email", "carol@example.com")]);
-    assert_eq!(r.status, 200, "{}", r.text);
-    let token = r.json["reset_token"].as_str().unwrap().to_owned();
+    let token = a.reset_token_ok("carol@example.com");
 
     // The token A issued is good on B, and the reset there ends the session A started.
-    let form = [
-        ("email", "carol@example.com"),
-        ("reset_token", token.as_str()),
-        ("new_password", "new password"),
-    ];
-    assert_eq!(b.put("/reset_password", &form).status, 200);
-    assert_eq!(a.get("/profile", Some(&session)).status, 403);
-    assert_eq!(b.get("/profile", Some(&session)).status, 403);
+    let reset = |server: &ChildServer| server.reset("carol@example.com", &token, "new password");
+    assert_eq!(reset(&b).status, 200);
+    assert_eq!(a.profile(&session).status, 403);
+    assert_eq!(b.profile(&session).status, 403);
 
     // Spent everywhere: a replay on A is refused; only the new password logs in, on either.
-    assert_eq!(a.put("/reset_password", &form).status, 403);
-    let old = [("email", "carol@example.com"), ("password", "old password")];
-    assert_eq!(a.post("/sessions", &old).status, 401);
-    log_in(&a, "carol@example.com", "new password");
-    log_in(&b, "carol@example.com", "new password");
+    assert_eq!(reset(&a).status, 403);
+    assert_eq!(a.log_in("carol@example.com", "old password").status, 401);
+    a.log_in_ok("carol@example.com", "new password");
+    b.log_in_ok("carol@example.com", "new password");
 
     // A newer token requested on B replaces the one requested on A.
-    let first = a.post("/reset_password", &[("email", "carol@example.com")]);
-    let second = b.post("/reset_password", &[("email", "carol@example.com")]);
-    let stale = [
-        ("email", "carol@example.com"),
-        ("reset_token", first.json["reset_token"].as_str().unwrap()),
-        ("new_password", "x"),
-    ];
-    assert_eq!(a.put("/reset_password", &stale).status, 403);
-    let fresh = [
-        ("email", "carol@example.com"),
-        ("reset_token", second.json["reset_token"].as_str().unwrap()),
-        ("new_password", "x"),
-    ];
-    assert_eq!(a.put("/reset_password", &fresh).status, 200);
+    let stale = a.reset_token_ok("carol@example.com");
+    let fresh = b.reset_token_ok("carol@example.com");
+    assert_eq!(a.reset("carol@example.com", &stale, "x").status, 403);
+    assert_eq!(a.reset("carol@example.com", &fresh, "x").status, 200);
 }
 
 #[test]
@@ -143,15 +126,14 @@ fn failed_logins_split_across_instances_are_throttled_at_the_same_count_as_on_on
     assert_eq!(split, alone, "two instances count as one");
 
     // Throttled on both now, even with the right password, and for this pair only.
-    let right = [("email", "dave@example.com"), ("password", "right")];
     for server in [&a, &b] {
-        let r = server.post("/sessions", &right);
+        let r = server.log_in("dave@example.com", "right");
         assert_eq!(r.status, 429, "{}", r.text);
         assert!(r.header("retry-after").is_some());
     }
     let from_elsewhere = b
         .from("127.0.0.2".parse().unwrap())
-        .post("/sessions", &right);
+        .log_in("dave@example.com", "right");
     assert_eq!(from_elsewhere.status, 200, "{from_elsewhere:?}");
 }
 
@@ -166,12 +148,12 @@ fn an_active_session_stays_alive_across_instances_and_idles_out_on_both() {
     // other. The margins hold with a second of delay per request on a loaded machine.
     for server in [&b, &a, &b, &a, &b, &a, &b, &a] {
         std::thread::sleep(Duration::from_secs(1));
-        let r = server.get("/profile", Some(&session));
+        let r = server.profile(&session);
         assert_eq!(r.status, 200, "{}", r.text);
     }
     std::thread::sleep(Duration::from_secs(7));
-    assert_eq!(a.get("/profile", Some(&session)).status, 403);
-    assert_eq!(b.get("/profile", Some(&session)).status, 403);
+    assert_eq!(a.profile(&session).status, 403);
+    assert_eq!(b.profile(&session).status, 403);
 }
 
 #[test]
@@ -190,16 +172,12 @@ fn requests_succeed_after_the_database_ends_every_connection() {
     // Every worker finds its connection gone, reconnects and answers as if nothing happened.
     for i in 0..40 {
         let server = if i % 2 == 0 { &a } else { &b };
-        let r = server.get("/profile", Some(&session));
+        let r = server.profile(&session);
         assert_eq!(r.status, 200, "request {i}: {}", r.text);
     }
     postgres_query(&db, kill_all);
     assert_eq!(a.get("/health", None).status, 200);
-    let r = b.post(
-        "/users",
-        &[("email", "grace@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{}", r.text);
+    b.register_ok("grace@example.com", "pw");
     for server in [&a, &b] {
         assert!(!server.output().contains(" 500 "), "{}", server.output());
     }
@@ -226,14 +204,7 @@ fn instances_starting_together_on_an_empty_database_migrate_it_once() {
     }
     // And one more, later, finds it current and changes nothing.
     let late = ChildServer::start_on(dir, &db, &[]);
-    assert_eq!(
-        late.post(
-            "/sessions",
-            &[("email", "user0@example.com"), ("password", "pw")]
-        )
-        .status,
-        200
-    );
+    assert_eq!(late.log_in("user0@example.com", "pw").status, 200);
     assert_eq!(
         postgres_query(&db, "SELECT count(*) FROM schema_version"),
         ["1"]
@@ -273,20 +244,10 @@ fn an_instance_refuses_a_database_that_a_newer_version_migrated() {
     assert_eq!(users, ["hal@example.com"]);
 }
 
-fn log_in(server: &Client, email: &str, password: &str) -> String {
-    let r = server.post("/sessions", &[("email", email), ("password", password)]);
-    assert_eq!(r.status, 200, "log in {email}: {}", r.text);
-    r.session_cookie().expect("a session cookie")
-}
-
 /// Registers `email`, waiting out 503s (the bcrypt queue shedding load, as a client that
 /// honours `Retry-After` would); the final status.
 fn register_until_answered(client: &Client, email: &str) -> u16 {
-    let register = || {
-        client
-            .post("/users", &[("email", email), ("password", "pw")])
-            .status
-    };
+    let register = || client.register(email, "pw").status;
     poll(Duration::from_secs(30), || {
         Some(register()).filter(|s| *s != 503)
     })
@@ -296,14 +257,9 @@ fn register_until_answered(client: &Client, email: &str) -> u16 {
 /// Registers dave on the first server, then fails to log in as him round-robin across
 /// `servers` until one answers 429; how many failures were let through (answered 401).
 fn failures_until_throttled(servers: &[&ChildServer]) -> usize {
-    let r = servers[0].post(
-        "/users",
-        &[("email", "dave@example.com"), ("password", "right")],
-    );
-    assert_eq!(r.status, 200, "{}", r.text);
-    let wrong = [("email", "dave@example.com"), ("password", "wrong")];
+    servers[0].register_ok("dave@example.com", "right");
     for attempt in 0..50 {
-        let r = servers[attempt % servers.len()].post("/sessions", &wrong);
+        let r = servers[attempt % servers.len()].log_in("dave@example.com", "wrong");
         match r.status {
             401 => continue,
             429 => return attempt,

@@ -227,10 +227,7 @@ fn each_request_gets_one_access_log_line_without_its_query() {
         &[("email", "bob@example.com"), ("password", "hunter2")],
     );
     assert_eq!(r.status, 200);
-    let r = server.post(
-        "/sessions",
-        &[("email", "bob@example.com"), ("password", "wrong-pw")],
-    );
+    let r = server.log_in("bob@example.com", "wrong-pw");
     assert_eq!(r.status, 401);
     assert_eq!(server.get("/nope?q=1", None).status, 404);
     assert_eq!(server.delete("/profile", None).status, 405);
@@ -358,11 +355,7 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
     // A real bcrypt cost makes each login take a while (cost 10 is about a third of a second
     // in a debug build), so they are still running when the signal comes.
     let mut server = ChildServer::start(&["--bcrypt-cost", "10", "--metrics"]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
 
     // No more logins than bcrypt has slots and queue for (the core count each), so that none
     // is shed with 503 and every one is genuinely in flight.
@@ -374,10 +367,7 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 barrier.wait();
-                client.post(
-                    "/sessions",
-                    &[("email", "bob@example.com"), ("password", "pw")],
-                )
+                client.log_in("bob@example.com", "pw")
             })
         })
         .collect();
@@ -445,7 +435,7 @@ fn sigterm_when_idle_exits_0_and_keeps_the_data() {
     // A new process on the same file knows the user and the session.
     let dir = std::mem::replace(&mut server.dir, TempDir::new());
     let again = ChildServer::start_on(dir, &path, &[]);
-    let r = again.get("/profile", Some(&id));
+    let r = again.profile(&id);
     assert_eq!(
         (r.status, r.text.as_str()),
         (200, r#"{"email":"bob@example.com"}"#)

@@ -562,10 +562,7 @@ fn regression_pipelined_slow_lane_requests_cannot_wedge_the_lane() {
             panic!("connection {connection}: {answered} of 30 pipelined requests answered");
         }
     }
-    let r = server.post(
-        "/users",
-        &[("email", "after@example.com"), ("password", "p")],
-    );
+    let r = server.register("after@example.com", "p");
     assert_eq!(
         r.status, 200,
         "registrations are still answered: {}",

@@ -57,7 +57,7 @@ fn cheap_requests_are_answered_while_bcrypt_is_saturated_and_the_overflow_is_she
             thread::spawn(move || {
                 barrier.wait();
                 let email = format!("user{i}@example.com");
-                client.post("/users", &[("email", &email), ("password", "pw")])
+                client.register(&email, "pw")
             })
         })
         .collect();

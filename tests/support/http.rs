@@ -14,6 +14,7 @@ pub const FORM: &str = "application/x-www-form-urlencoded";
 
 /// What a client saw.
 #[derive(Debug, Clone)]
+#[must_use = "a test that ignores an answer checks nothing: assert on it, or use an _ok method"]
 pub struct Resp {
     /// The status line's version (`HTTP/1.1`); empty when there was no status line.
     pub version: String,
@@ -168,9 +169,120 @@ impl Client {
             ..self.clone()
         }
     }
+}
 
-    /// Any method, extra headers, a raw body.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+/// What a client of the service can do: one method per thing a user does, each a request made
+/// through [`Api::send`], so that every way of reaching the service (HTTP, from a chosen source
+/// address, the app in this process, a server whose secrets a test watches) speaks the same
+/// words.
+pub trait Api {
+    /// One request: any method, extra headers, a raw body.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp;
+
+    /// A request with no body and, if there is a `session`, its cookie.
+    fn get(&self, path: &str, session: Option<&str>) -> Resp {
+        let cookie = session.map(|s| format!("session_id={s}"));
+        self.send("GET", path, &cookie_header(&cookie), b"")
+    }
+
+    /// [`Api::get`] with `DELETE`.
+    fn delete(&self, path: &str, session: Option<&str>) -> Resp {
+        let cookie = session.map(|s| format!("session_id={s}"));
+        self.send("DELETE", path, &cookie_header(&cookie), b"")
+    }
+
+    /// A form POST.
+    fn post(&self, path: &str, pairs: &[(&str, &str)]) -> Resp {
+        self.post_with(path, &[], pairs)
+    }
+
+    /// A form POST with extra headers.
+    fn post_with(&self, path: &str, headers: &[(&str, &str)], pairs: &[(&str, &str)]) -> Resp {
+        let mut all = vec![("Content-Type", FORM)];
+        all.extend_from_slice(headers);
+        self.send("POST", path, &all, form(pairs).as_bytes())
+    }
+
+    /// A form PUT.
+    fn put(&self, path: &str, pairs: &[(&str, &str)]) -> Resp {
+        self.send(
+            "PUT",
+            path,
+            &[("Content-Type", FORM)],
+            form(pairs).as_bytes(),
+        )
+    }
+
+    /// `POST /users`: sign up.
+    fn register(&self, email: &str, password: &str) -> Resp {
+        self.post("/users", &[("email", email), ("password", password)])
+    }
+
+    /// `POST /sessions`: log in.
+    fn log_in(&self, email: &str, password: &str) -> Resp {
+        self.post("/sessions", &[("email", email), ("password", password)])
+    }
+
+    /// `GET /profile` with `session`'s cookie.
+    fn profile(&self, session: &str) -> Resp {
+        self.get("/profile", Some(session))
+    }
+
+    /// `DELETE /sessions` with `session`'s cookie: log out.
+    fn log_out(&self, session: &str) -> Resp {
+        self.delete("/sessions", Some(session))
+    }
+
+    /// `POST /reset_password`: ask for a reset token.
+    fn reset_token(&self, email: &str) -> Resp {
+        self.post("/reset_password", &[("email", email)])
+    }
+
+    /// `PUT /reset_password`: spend a reset token on a new password.
+    fn reset(&self, email: &str, token: &str, new_password: &str) -> Resp {
+        self.put(
+            "/reset_password",
+            &[
+                ("email", email),
+                ("reset_token", token),
+                ("new_password", new_password),
+            ],
+        )
+    }
+
+    /// [`Api::register`], which must succeed.
+    #[track_caller]
+    fn register_ok(&self, email: &str, password: &str) {
+        let r = self.register(email, password);
+        assert_eq!(r.status, 200, "register {email}: {}", r.text);
+    }
+
+    /// [`Api::log_in`], which must succeed; the session id.
+    #[track_caller]
+    fn log_in_ok(&self, email: &str, password: &str) -> String {
+        let r = self.log_in(email, password);
+        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
+        r.session_cookie().expect("a session cookie")
+    }
+
+    /// Registers `email` and logs in; the session id.
+    #[track_caller]
+    fn register_and_log_in(&self, email: &str, password: &str) -> String {
+        self.register_ok(email, password);
+        self.log_in_ok(email, password)
+    }
+
+    /// [`Api::reset_token`], which must succeed; the token from the answer.
+    #[track_caller]
+    fn reset_token_ok(&self, email: &str) -> String {
+        let r = self.reset_token(email);
+        assert_eq!(r.status, 200, "reset token for {email}: {}", r.text);
+        r.json["reset_token"].as_str().expect("a token").to_owned()
+    }
+}
+
+impl Api for Client {
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
         if let Some(from) = self.from {
             let request = request(method, path, headers, body);
             return match exchange(from, self.addr, &request, Duration::from_secs(30)) {
@@ -186,49 +298,11 @@ impl Client {
         }
         Resp::of_ureq(self.agent.run(builder.body(body.to_vec()).unwrap()))
     }
+}
 
-    pub fn get(&self, path: &str, session: Option<&str>) -> Resp {
-        self.with_session("GET", path, session)
-    }
-
-    pub fn delete(&self, path: &str, session: Option<&str>) -> Resp {
-        self.with_session("DELETE", path, session)
-    }
-
-    /// A request with no body and, if there is a `session`, its cookie.
-    fn with_session(&self, method: &str, path: &str, session: Option<&str>) -> Resp {
-        match session {
-            Some(s) => self.send(method, path, &[("Cookie", &format!("session_id={s}"))], b""),
-            None => self.send(method, path, &[], b""),
-        }
-    }
-
-    pub fn post(&self, path: &str, pairs: &[(&str, &str)]) -> Resp {
-        self.send(
-            "POST",
-            path,
-            &[("Content-Type", FORM)],
-            form(pairs).as_bytes(),
-        )
-    }
-
-    pub fn put(&self, path: &str, pairs: &[(&str, &str)]) -> Resp {
-        self.send(
-            "PUT",
-            path,
-            &[("Content-Type", FORM)],
-            form(pairs).as_bytes(),
-        )
-    }
-
-    /// Registers `email` and logs in; the session id.
-    pub fn register_and_log_in(&self, email: &str, password: &str) -> String {
-        let r = self.post("/users", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "register {email}: {}", r.text);
-        let r = self.post("/sessions", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
-        r.session_cookie().expect("a session cookie")
-    }
+/// The `Cookie` header for `cookie`, if there is one.
+fn cookie_header(cookie: &Option<String>) -> Vec<(&str, &str)> {
+    cookie.iter().map(|c| ("Cookie", c.as_str())).collect()
 }
 
 /// A form body from pairs, encoded.
