@@ -1,6 +1,9 @@
-//! Every route of the HTTP API over real HTTP, as a client of the reference would see it: the
-//! status, the exact JSON body, the headers that matter. Each test starts its own server on a
-//! free port with its own temporary database.
+//! Every route of the HTTP API as a client of the reference would see it: the status, the exact
+//! JSON body, the headers that matter. What a user does (registering, logging in, the session
+//! cookie, resets), bodies and connections, restarts and concurrency go over real HTTP, each
+//! test on a server of its own on a free port with its own temporary database; routing and the
+//! validation of fields, which need no socket, go straight through `app::handle` in this
+//! process (the last section).
 
 mod support;
 
@@ -64,55 +67,6 @@ fn register_creates_a_user_once_in_any_case() {
 }
 
 #[test]
-fn register_names_the_missing_or_empty_field() {
-    let s = TestServer::start();
-    let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("password", "pw")], "email"),
-        (&[("email", ""), ("password", "pw")], "email"),
-        (&[("email", "   "), ("password", "pw")], "email"),
-        (&[("email", "a@b.c")], "password"),
-        (&[("email", "a@b.c"), ("password", "")], "password"),
-        (&[], "email"),
-    ];
-    for (form, field) in cases {
-        let r = s.post("/users", form);
-        expect(&r, 400, &format!(r#"{{"message":"{field} is required"}}"#));
-    }
-    // Nothing was registered along the way.
-    expect(&s.register("a@b.c", "pw"), 200, &created("a@b.c"));
-}
-
-#[test]
-fn register_refuses_a_malformed_email_or_password() {
-    let s = TestServer::start();
-    let r = s.register("bob.example.com", "pw");
-    expect(&r, 400, r#"{"message":"email must contain @"}"#);
-
-    // 254 bytes is the limit; one more is refused.
-    let at_limit = format!("{}@example.com", "a".repeat(254 - 12));
-    assert_eq!(at_limit.len(), 254);
-    let over = format!("a{at_limit}");
-    let r = s.register(&over, "pw");
-    expect(&r, 400, r#"{"message":"email is longer than 254 bytes"}"#);
-    let r = s.register(&at_limit, "pw");
-    expect(&r, 200, &created(&at_limit));
-
-    // bcrypt reads 72 bytes: a longer password is refused, never truncated.
-    let long = "p".repeat(73);
-    let r = s.register("c@d.e", &long);
-    expect(&r, 400, r#"{"message":"password is longer than 72 bytes"}"#);
-}
-
-#[test]
-fn register_trims_the_email() {
-    let s = TestServer::start();
-    let r = s.register("  eve@example.com ", "pw");
-    expect(&r, 200, &created("eve@example.com"));
-    let r = s.log_in("eve@example.com", "pw");
-    expect(&r, 200, &logged_in("eve@example.com"));
-}
-
-#[test]
 fn log_in_sets_the_session_cookie() {
     let s = TestServer::start();
     s.register_ok("bob@example.com", "pw");
@@ -150,15 +104,6 @@ fn log_in_refuses_a_wrong_password_and_an_unknown_email_alike() {
     expect(&unknown, 401, &wrong.text);
     assert_eq!(wrong.header("set-cookie"), None);
     assert_eq!(unknown.header("set-cookie"), None);
-}
-
-#[test]
-fn log_in_names_a_missing_field() {
-    let s = TestServer::start();
-    let r = s.post("/sessions", &[("email", "bob@example.com")]);
-    expect(&r, 400, r#"{"message":"password is required"}"#);
-    let r = s.post("/sessions", &[("password", "pw")]);
-    expect(&r, 400, r#"{"message":"email is required"}"#);
 }
 
 #[test]
@@ -296,75 +241,6 @@ fn update_password_refuses_a_bad_token() {
 }
 
 #[test]
-fn update_password_names_a_missing_field() {
-    let s = TestServer::start();
-    s.register_ok("bob@example.com", "pw");
-    let token = s.reset_token_ok("bob@example.com");
-    let full = [
-        ("email", "bob@example.com"),
-        ("reset_token", token.as_str()),
-        ("new_password", "new"),
-    ];
-    for missing in ["email", "reset_token", "new_password"] {
-        let without: Vec<(&str, &str)> = full
-            .iter()
-            .copied()
-            .filter(|(k, _)| *k != missing)
-            .collect();
-        expect(
-            &s.put("/reset_password", &without),
-            400,
-            &format!(r#"{{"message":"{missing} is required"}}"#),
-        );
-        let empty: Vec<(&str, &str)> = full
-            .iter()
-            .map(|&(k, v)| (k, if k == missing { "" } else { v }))
-            .collect();
-        expect(
-            &s.put("/reset_password", &empty),
-            400,
-            &format!(r#"{{"message":"{missing} is required"}}"#),
-        );
-    }
-    // None of those spent the token.
-    expect(
-        &s.reset("bob@example.com", &token, "new"),
-        200,
-        r#"{"email":"bob@example.com","message":"Password updated"}"#,
-    );
-}
-
-#[test]
-fn unknown_paths_are_404_in_json() {
-    let s = TestServer::start();
-    for path in ["/nope", "/users/1", "/profile/", "//", "/metrics"] {
-        expect(&s.get(path, None), 404, r#"{"message":"not found"}"#);
-    }
-    let r = s.post("/nope", &[("email", "a@b.c")]);
-    expect(&r, 404, r#"{"message":"not found"}"#);
-}
-
-#[test]
-fn known_paths_with_another_method_are_405_with_allow() {
-    let s = TestServer::start();
-    let cases = [
-        ("POST", "/", "GET, HEAD"),
-        ("GET", "/users", "POST"),
-        ("DELETE", "/users", "POST"),
-        ("GET", "/sessions", "POST, DELETE"),
-        ("PATCH", "/sessions", "POST, DELETE"),
-        ("POST", "/profile", "GET, HEAD"),
-        ("GET", "/reset_password", "POST, PUT"),
-        ("DELETE", "/health", "GET, HEAD"),
-    ];
-    for (method, path, allow) in cases {
-        let r = s.send(method, path, &[], b"");
-        expect(&r, 405, r#"{"message":"method not allowed"}"#);
-        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
-    }
-}
-
-#[test]
 fn routing_ignores_the_query_string() {
     let s = TestServer::start();
     expect(&s.get("/?lang=fr", None), 200, r#"{"message":"Bienvenue"}"#);
@@ -389,37 +265,6 @@ fn routing_ignores_the_query_string() {
     expect(&s.get("/nope?x=/", None), 404, r#"{"message":"not found"}"#);
     let r = s.get("/users?x=1", None);
     assert_eq!((r.status, r.header("allow")), (405, Some("POST")), "{r:?}");
-}
-
-#[test]
-fn a_body_that_is_not_utf8_is_400() {
-    let s = TestServer::start();
-    let form = [("Content-Type", FORM)];
-    for body in [
-        &b"email=bob%40example.com&password=\xff\xfe"[..],
-        &b"email=bob%40example.com&password=%FF%FE"[..],
-        &b"email=b\xc3ob%40example.com&password=pw"[..],
-    ] {
-        let r = s.send("POST", "/users", &form, body);
-        expect(&r, 400, r#"{"message":"body is not valid form data"}"#);
-    }
-    // Nobody was registered by any of them.
-    let r = s.register("bob@example.com", "pw");
-    expect(&r, 200, &created("bob@example.com"));
-}
-
-#[test]
-fn form_fields_are_percent_decoded() {
-    let s = TestServer::start();
-    let r = s.send(
-        "POST",
-        "/users",
-        &[("Content-Type", FORM)],
-        b"email=bob%2Btag%40example.com&password=p+w%C3%A9",
-    );
-    expect(&r, 200, &created("bob+tag@example.com"));
-    let r = s.log_in("bob+tag@example.com", "p w\u{e9}");
-    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
@@ -647,4 +492,165 @@ fn a_burst_of_new_connections_is_served_while_they_all_stay_open() {
             "every connection was answered while all were open"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In process: routing and validation, straight through `app::handle`
+
+#[test]
+fn register_names_the_missing_or_empty_field() {
+    let app = App::new();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("password", "pw")], "email"),
+        (&[("email", ""), ("password", "pw")], "email"),
+        (&[("email", "   "), ("password", "pw")], "email"),
+        (&[("email", "a@b.c")], "password"),
+        (&[("email", "a@b.c"), ("password", "")], "password"),
+        (&[], "email"),
+    ];
+    for (form, field) in cases {
+        let r = app.post("/users", form);
+        expect(&r, 400, &format!(r#"{{"message":"{field} is required"}}"#));
+    }
+    // Nothing was registered along the way.
+    expect(&app.register("a@b.c", "pw"), 200, &created("a@b.c"));
+}
+
+#[test]
+fn register_refuses_a_malformed_email_or_password() {
+    let app = App::new();
+    let r = app.register("bob.example.com", "pw");
+    expect(&r, 400, r#"{"message":"email must contain @"}"#);
+
+    // 254 bytes is the limit; one more is refused.
+    let at_limit = format!("{}@example.com", "a".repeat(254 - 12));
+    assert_eq!(at_limit.len(), 254);
+    let over = format!("a{at_limit}");
+    let r = app.register(&over, "pw");
+    expect(&r, 400, r#"{"message":"email is longer than 254 bytes"}"#);
+    let r = app.register(&at_limit, "pw");
+    expect(&r, 200, &created(&at_limit));
+
+    // bcrypt reads 72 bytes: a longer password is refused, never truncated.
+    let long = "p".repeat(73);
+    let r = app.register("c@d.e", &long);
+    expect(&r, 400, r#"{"message":"password is longer than 72 bytes"}"#);
+}
+
+#[test]
+fn register_trims_the_email() {
+    let app = App::new();
+    let r = app.register("  eve@example.com ", "pw");
+    expect(&r, 200, &created("eve@example.com"));
+    let r = app.log_in("eve@example.com", "pw");
+    expect(&r, 200, &logged_in("eve@example.com"));
+}
+
+#[test]
+fn log_in_names_a_missing_field() {
+    let app = App::new();
+    let r = app.post("/sessions", &[("email", "bob@example.com")]);
+    expect(&r, 400, r#"{"message":"password is required"}"#);
+    let r = app.post("/sessions", &[("password", "pw")]);
+    expect(&r, 400, r#"{"message":"email is required"}"#);
+}
+
+#[test]
+fn update_password_names_a_missing_field() {
+    let app = App::new();
+    app.register_ok("bob@example.com", "pw");
+    let token = app.reset_token_ok("bob@example.com");
+    let full = [
+        ("email", "bob@example.com"),
+        ("reset_token", token.as_str()),
+        ("new_password", "new"),
+    ];
+    for missing in ["email", "reset_token", "new_password"] {
+        let without: Vec<(&str, &str)> = full
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        expect(
+            &app.put("/reset_password", &without),
+            400,
+            &format!(r#"{{"message":"{missing} is required"}}"#),
+        );
+        let empty: Vec<(&str, &str)> = full
+            .iter()
+            .map(|&(k, v)| (k, if k == missing { "" } else { v }))
+            .collect();
+        expect(
+            &app.put("/reset_password", &empty),
+            400,
+            &format!(r#"{{"message":"{missing} is required"}}"#),
+        );
+    }
+    // None of those spent the token.
+    expect(
+        &app.reset("bob@example.com", &token, "new"),
+        200,
+        r#"{"email":"bob@example.com","message":"Password updated"}"#,
+    );
+}
+
+#[test]
+fn unknown_paths_are_404_in_json() {
+    let app = App::new();
+    for path in ["/nope", "/users/1", "/profile/", "//", "/metrics"] {
+        expect(&app.get(path, None), 404, r#"{"message":"not found"}"#);
+    }
+    let r = app.post("/nope", &[("email", "a@b.c")]);
+    expect(&r, 404, r#"{"message":"not found"}"#);
+}
+
+#[test]
+fn known_paths_with_another_method_are_405_with_allow() {
+    let app = App::new();
+    let cases = [
+        ("POST", "/", "GET, HEAD"),
+        ("GET", "/users", "POST"),
+        ("DELETE", "/users", "POST"),
+        ("GET", "/sessions", "POST, DELETE"),
+        ("PATCH", "/sessions", "POST, DELETE"),
+        ("POST", "/profile", "GET, HEAD"),
+        ("GET", "/reset_password", "POST, PUT"),
+        ("DELETE", "/health", "GET, HEAD"),
+    ];
+    for (method, path, allow) in cases {
+        let r = app.send(method, path, &[], b"");
+        expect(&r, 405, r#"{"message":"method not allowed"}"#);
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+}
+
+#[test]
+fn a_body_that_is_not_utf8_is_400() {
+    let app = App::new();
+    let form = [("Content-Type", FORM)];
+    for body in [
+        &b"email=bob%40example.com&password=\xff\xfe"[..],
+        &b"email=bob%40example.com&password=%FF%FE"[..],
+        &b"email=b\xc3ob%40example.com&password=pw"[..],
+    ] {
+        let r = app.send("POST", "/users", &form, body);
+        expect(&r, 400, r#"{"message":"body is not valid form data"}"#);
+    }
+    // Nobody was registered by any of them.
+    let r = app.register("bob@example.com", "pw");
+    expect(&r, 200, &created("bob@example.com"));
+}
+
+#[test]
+fn form_fields_are_percent_decoded() {
+    let app = App::new();
+    let r = app.send(
+        "POST",
+        "/users",
+        &[("Content-Type", FORM)],
+        b"email=bob%2Btag%40example.com&password=p+w%C3%A9",
+    );
+    expect(&r, 200, &created("bob+tag@example.com"));
+    let r = app.log_in("bob+tag@example.com", "p w\u{e9}");
+    assert_eq!(r.status, 200, "{r:?}");
 }

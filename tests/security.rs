@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use auth_service::auth::{digest, Auth, Policy, Shared};
-use auth_service::db::Db;
-use auth_service::metrics::Metrics;
+use auth_service::auth::{digest, Policy, Shared};
 use auth_service::user::{Email, Password};
 use support::*;
 
@@ -543,28 +541,19 @@ fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
     assert_eq!(log_in("known@example.com", "right-password"), (200, 1));
 
     // The same in the Auth layer.
-    let dir = TempDir::new();
-    let policy = Policy {
-        bcrypt_cost: 4,
-        ..Policy::default()
-    };
-    let metrics = Arc::new(Metrics::default());
-    let auth = Auth::new(
-        Db::open(&test_db(&dir.path().join("auth.db"))).unwrap(),
-        Arc::new(Shared::new(policy, Arc::clone(&metrics))),
-    );
+    let app = App::new();
     let known = Email::parse("known@example.com").unwrap();
     let unknown = Email::parse("unknown@example.com").unwrap();
     let right = Password::parse("right-password").unwrap();
     let wrong = Password::parse("wrong-password").unwrap();
-    auth.register_user(&known, &right).unwrap();
-    let count = || metrics.bcrypt_verifications();
+    app.auth.register_user(&known, &right).unwrap();
+    let count = || app.metrics.bcrypt_verifications();
     assert_eq!(count(), 0);
-    assert!(!auth.valid_login(&known, &wrong).unwrap());
+    assert!(!app.auth.valid_login(&known, &wrong).unwrap());
     assert_eq!(count(), 1);
-    assert!(!auth.valid_login(&unknown, &wrong).unwrap());
+    assert!(!app.auth.valid_login(&unknown, &wrong).unwrap());
     assert_eq!(count(), 2);
-    assert!(!auth.valid_login(&unknown, &right).unwrap());
+    assert!(!app.auth.valid_login(&unknown, &right).unwrap());
     assert_eq!(count(), 3);
 }
 

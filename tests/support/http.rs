@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use auth_service::app::Reply;
 use serde_json::Value;
 use ureq::Agent;
 
@@ -16,7 +17,8 @@ pub const FORM: &str = "application/x-www-form-urlencoded";
 #[derive(Debug, Clone)]
 #[must_use = "a test that ignores an answer checks nothing: assert on it, or use an _ok method"]
 pub struct Resp {
-    /// The status line's version (`HTTP/1.1`); empty when there was no status line.
+    /// The status line's version (`HTTP/1.1`); empty when there was none (or no HTTP at all:
+    /// the app in process).
     pub version: String,
     /// 0 when there was no status line.
     pub status: u16,
@@ -128,6 +130,16 @@ impl Resp {
             headers,
             &body,
         )
+    }
+}
+
+/// A reply of the app in this process, as a client would read it: the server sends its content
+/// type as `Content-Type` and its headers as they are.
+impl From<Reply> for Resp {
+    fn from(reply: Reply) -> Resp {
+        let mut headers = vec![("Content-Type".to_owned(), reply.content_type.to_owned())];
+        headers.extend(reply.headers.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        Resp::new(String::new(), reply.status, headers, reply.body.as_bytes())
     }
 }
 

@@ -1,18 +1,22 @@
-//! What the black-box tests share: a server on port 0 with its own temporary database (in this
-//! process, or the real binary as a child), and (in `http`) what a client does and sees.
+//! What the tests share: a server on port 0 with its own temporary database (in this process,
+//! or the real binary as a child), the app alone in this process for route tests that need no
+//! socket, and (in `http`) what a client does and sees.
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auth_service::app::{Reply, Request};
+use auth_service::auth::{Auth, Shared};
+use auth_service::metrics::Metrics;
 use auth_service::server::Handler;
-use auth_service::{Config, Server};
+use auth_service::{Config, Db, Server};
 
 // What a client does and sees: Resp, Client, raw connections.
 mod http;
@@ -138,6 +142,75 @@ impl Drop for TestServer {
             server.shutdown();
             let _ = server.wait();
         }
+    }
+}
+
+/// The app in this process with no server around it: `app::handle` on an `Auth` over a fresh
+/// store, as `fuzz/fuzz_targets/request.rs` drives it, for route tests that need no socket.
+/// What the server does around it (reading and bounding the body, taking the query off the
+/// path, writing the reply) is not here: tests of that go over HTTP.
+pub struct App {
+    pub auth: Auth,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    // Dropped after `auth`, which holds the store open.
+    _dir: TempDir,
+}
+
+impl App {
+    pub fn new() -> App {
+        App::with(|_| {})
+    }
+
+    /// The app with the configuration [`test_config`] gives, which `adjust` changes first.
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> App {
+        let dir = TempDir::new();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(config.policy.clone(), Arc::clone(&metrics));
+        let db = Db::open(&config.db).expect("the store opens");
+        App {
+            auth: Auth::new(db, Arc::new(shared)),
+            config,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    /// Routes one request as the server hands it over: `path` without a query, the `Cookie`
+    /// header if any, the body read in full, from 127.0.0.1.
+    pub fn handle(&self, method: &str, path: &str, cookie: Option<&str>, body: &[u8]) -> Reply {
+        let ctx = auth_service::app::Context {
+            auth: &self.auth,
+            config: &self.config,
+            metrics: &self.metrics,
+        };
+        let rq = Request {
+            method,
+            path,
+            cookie,
+            forwarded_for: None,
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            body,
+        };
+        auth_service::app::handle(&ctx, &rq)
+    }
+}
+
+impl Api for App {
+    /// [`App::handle`], with the `Cookie` among `headers` (the others go nowhere, as in the
+    /// server), and the reply as a client would read it.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        assert!(
+            !path.contains('?'),
+            "{path}: the server takes the query off the path: test that over HTTP"
+        );
+        let cookie = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("cookie"))
+            .map(|(_, value)| *value);
+        Resp::from(self.handle(method, path, cookie, body))
     }
 }
 
