@@ -1,9 +1,14 @@
 //! Two instances of the real binary on different ports, one PostgreSQL database between them:
 //! what a user sees does not depend on which instance a load balancer picks.
 //!
-//! These need a PostgreSQL server: they run when `AUTH_TEST_POSTGRES` is set (see
-//! `tests/support/store.rs`; `.ci/postgres.sh` sets it) and otherwise say they were skipped
-//! and pass.
+//! These need a PostgreSQL server, so they are ignored by a plain `cargo test` (which lists them
+//! as ignored rather than passing them unrun). `.ci/postgres.sh` runs them:
+//!
+//! ```text
+//! AUTH_TEST_POSTGRES=postgres://... cargo test --features postgres --test multi_instance -- --include-ignored
+//! ```
+//!
+//! (see `tests/support/store.rs`). Run without `AUTH_TEST_POSTGRES`, each fails saying so.
 
 mod support;
 
@@ -12,25 +17,31 @@ use std::time::Duration;
 
 use support::*;
 
-/// Two instances (A, B) on one database, or `None` (and a note) without PostgreSQL.
-fn two_instances(args: &[&str]) -> Option<(ChildServer, ChildServer, PathBuf)> {
-    if !on_postgres() {
-        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
-        return None;
-    }
+/// Fails the test unless the tests run on PostgreSQL: one database between instances needs it.
+#[track_caller]
+fn need_postgres() {
+    assert!(
+        on_postgres(),
+        "set {POSTGRES_VAR} (and --features postgres) to run this test: see .ci/postgres.sh"
+    );
+}
+
+/// Two instances (A, B) on one database.
+#[track_caller]
+fn two_instances(args: &[&str]) -> (ChildServer, ChildServer, PathBuf) {
+    need_postgres();
     let dir = TempDir::new();
     let db = dir.path().join("auth.db");
     let a = ChildServer::start_on(dir, &db, args);
     let b = ChildServer::start_on(TempDir::new(), &db, args);
     assert_ne!(a.addr, b.addr);
-    Some((a, b, db))
+    (a, b, db)
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn a_session_from_one_instance_is_valid_on_the_other_until_ended_on_either() {
-    let Some((a, b, _db)) = two_instances(&[]) else {
-        return;
-    };
+    let (a, b, _db) = two_instances(&[]);
     let session = a.register_and_log_in("bob@example.com", "hunter2");
     let r = b.profile(&session);
     assert_eq!(r.status, 200, "{}", r.text);
@@ -50,10 +61,9 @@ fn a_session_from_one_instance_is_valid_on_the_other_until_ended_on_either() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn a_password_reset_through_one_instance_holds_on_the_other() {
-    let Some((a, b, _db)) = two_instances(&[]) else {
-        return;
-    };
+    let (a, b, _db) = two_instances(&[]);
     let session = a.register_and_log_in("carol@example.com", "old password");
     let token = a.reset_token_ok("carol@example.com");
 
@@ -77,10 +87,9 @@ fn a_password_reset_through_one_instance_holds_on_the_other() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn racing_registrations_of_one_email_across_instances_admit_exactly_one() {
-    let Some((a, b, db)) = two_instances(&[]) else {
-        return;
-    };
+    let (a, b, db) = two_instances(&[]);
     let addrs = [a.addr, b.addr];
     let start = std::sync::Barrier::new(40);
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -115,10 +124,9 @@ fn racing_registrations_of_one_email_across_instances_admit_exactly_one() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn failed_logins_split_across_instances_are_throttled_at_the_same_count_as_on_one() {
-    let Some((a, b, _db)) = two_instances(&["--max-login-failures", "4"]) else {
-        return;
-    };
+    let (a, b, _db) = two_instances(&["--max-login-failures", "4"]);
     let one = ChildServer::start(&["--max-login-failures", "4"]);
     let alone = failures_until_throttled(&[&one]);
     let split = failures_until_throttled(&[&a, &b]);
@@ -138,10 +146,9 @@ fn failed_logins_split_across_instances_are_throttled_at_the_same_count_as_on_on
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn an_active_session_stays_alive_across_instances_and_idles_out_on_both() {
-    let Some((a, b, _db)) = two_instances(&["--session-idle", "6"]) else {
-        return;
-    };
+    let (a, b, _db) = two_instances(&["--session-idle", "6"]);
     let session = a.register_and_log_in("erin@example.com", "pw");
     // Used every second, alternately on each instance, for longer than the idle limit: each
     // instance's refresh of the idle clock (written every half idle time) is seen by the
@@ -157,10 +164,9 @@ fn an_active_session_stays_alive_across_instances_and_idles_out_on_both() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn requests_succeed_after_the_database_ends_every_connection() {
-    let Some((a, b, db)) = two_instances(&[]) else {
-        return;
-    };
+    let (a, b, db) = two_instances(&[]);
     let session = a.register_and_log_in("frank@example.com", "pw");
     let kill_all = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
@@ -184,11 +190,9 @@ fn requests_succeed_after_the_database_ends_every_connection() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn instances_starting_together_on_an_empty_database_migrate_it_once() {
-    if !on_postgres() {
-        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
-        return;
-    }
+    need_postgres();
     let dir = TempDir::new();
     let db = dir.path().join("auth.db");
     let servers: Vec<ChildServer> = std::thread::scope(|scope| {
@@ -212,11 +216,9 @@ fn instances_starting_together_on_an_empty_database_migrate_it_once() {
 }
 
 #[test]
+#[ignore = "needs AUTH_TEST_POSTGRES: run by .ci/postgres.sh"]
 fn an_instance_refuses_a_database_that_a_newer_version_migrated() {
-    if !on_postgres() {
-        eprintln!("skipped: set {POSTGRES_VAR} (and --features postgres) to run this test");
-        return;
-    }
+    need_postgres();
     let dir = TempDir::new();
     let db = dir.path().join("auth.db");
     ChildServer::start_on(TempDir::new(), &db, &[]).register_and_log_in("hal@example.com", "pw");
