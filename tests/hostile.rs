@@ -21,7 +21,6 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread::{self, sleep, JoinHandle};
@@ -460,14 +459,6 @@ fn carries_on_or_exits_non_zero(server: &mut ChildServer, problems: &mut Vec<Str
             panicked[0]
         ));
     }
-}
-
-/// Writes an executable shell script into `dir`; its path.
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
 }
 
 // --- 1 to 4: slow and stalled bodies -------------------------------------------------------
@@ -1081,7 +1072,7 @@ fn reset_mail_is_delivered_off_the_workers() {
     let mailer = script(dir.path(), "mailer.sh", "sleep 3\nexit 0");
     let server = start_in(
         dir,
-        &["--reset-command", &mailer],
+        &["--reset-command", mailer.to_str().unwrap()],
         &[("AUTH_MAX_RESET_REQUESTS", "0")],
     );
     let session = server.register_and_log_in("bob@example.com", "pw");
@@ -1565,7 +1556,7 @@ fn emails_with_control_characters_are_refused() {
     );
     let server = start_in(
         dir,
-        &["--reset-command", &recorder],
+        &["--reset-command", recorder.to_str().unwrap()],
         &[
             ("AUTH_MAX_REGISTRATIONS", "0"),
             ("AUTH_MAX_RESET_REQUESTS", "0"),

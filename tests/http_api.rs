@@ -15,20 +15,6 @@ use std::time::Duration;
 use auth_service::app::{Context, Reply, Request};
 use support::*;
 
-const JSON: &str = "application/json";
-
-/// Asserts the status, that the body is JSON, and its exact text (compact, keys sorted: what
-/// the reference's `jsonify` sends).
-#[track_caller]
-fn expect(r: &Resp, status: u16, body: &str) {
-    assert_eq!(
-        (r.status, r.text.as_str()),
-        (status, body),
-        "unexpected answer: {r:?}"
-    );
-    assert_eq!(r.header("content-type"), Some(JSON), "{r:?}");
-}
-
 fn created(email: &str) -> String {
     format!(r#"{{"email":"{email}","message":"user created"}}"#)
 }
@@ -128,7 +114,7 @@ fn log_out_redirects_home_and_clears_the_cookie() {
         r.header("set-cookie"),
         Some("session_id=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
     );
-    assert_eq!(r.header("content-type"), Some(JSON));
+    assert_eq!(r.header("content-type"), Some("application/json"));
 
     // The session is over on the server, not only in the browser.
     expect(&s.profile(&id), 403, r#"{"message":"no valid session"}"#);
@@ -179,7 +165,7 @@ fn reset_password_token_is_issued_for_a_known_email_only() {
     s.register_ok("bob@example.com", "pw");
     let r = s.reset_token("bob@example.com");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.header("content-type"), Some(JSON));
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let token = r.json["reset_token"]
         .as_str()
         .expect("a reset_token")

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -25,14 +25,7 @@ struct Run {
 
 /// Runs the binary with `args` and `env` and waits (boundedly) for it to end.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
+    let mut child = spawn(Command::new(BIN).args(args).envs(env.iter().copied()));
     let code = match poll(Duration::from_secs(20), || child.try_wait().unwrap()) {
         Some(status) => status.code(),
         None => {

@@ -11,7 +11,6 @@
 mod support;
 
 use std::cell::RefCell;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::sleep;
@@ -196,14 +195,6 @@ fn delivered(out: &Path, before: Option<&(String, String)>) -> (String, String) 
             (is_uuid_v4(&pair.1) && before != Some(&pair)).then_some(pair)
         },
     )
-}
-
-/// An executable shell script in `dir`.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 // ---------------------------------------------------------------------------------------------

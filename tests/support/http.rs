@@ -133,6 +133,18 @@ impl Resp {
     }
 }
 
+/// Asserts the status, that the body is JSON, and its exact text (compact, keys sorted: what
+/// the reference's `jsonify` sends).
+#[track_caller]
+pub fn expect(r: &Resp, status: u16, body: &str) {
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (status, body),
+        "unexpected answer: {r:?}"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+}
+
 /// A reply of the app in this process, as a client would read it: the server sends its content
 /// type as `Content-Type` and its headers as they are.
 impl From<Reply> for Resp {

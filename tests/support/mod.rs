@@ -4,8 +4,9 @@
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,16 +94,24 @@ impl TestServer {
 
     /// A server whose configuration `adjust` changes first.
     pub fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = Arc::new(TempDir::new());
-        let mut config = test_config(dir.path());
-        adjust(&mut config);
-        TestServer::launch(config, dir, auth_service::app::handle)
+        TestServer::with_config_and_handler(adjust, auth_service::app::handle)
     }
 
     /// A server that routes through `handler` instead of the app.
     pub fn with_handler(handler: Handler) -> TestServer {
+        TestServer::with_config_and_handler(|_| {}, handler)
+    }
+
+    /// A server whose configuration `adjust` changes first and that routes through `handler`
+    /// (for example one worker and a handler that panics).
+    pub fn with_config_and_handler(
+        adjust: impl FnOnce(&mut Config),
+        handler: Handler,
+    ) -> TestServer {
         let dir = Arc::new(TempDir::new());
-        TestServer::launch(test_config(dir.path()), dir, handler)
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        TestServer::launch(config, dir, handler)
     }
 
     fn launch(config: Config, dir: Arc<TempDir>, handler: Handler) -> TestServer {
@@ -287,48 +296,22 @@ impl ChildServer {
             }
             None => Command::new(program),
         };
-        let mut child = command
-            .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
-            .arg(test_db(db))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
+        let mut child = spawn(
+            command
+                .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
+                .arg(test_db(db))
+                .args(args)
+                .envs(env.iter().copied()),
+        );
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Collected before the address is handed over, so that `output()` holds the
-                // listening line once `start` has returned.
-                {
-                    let mut out = sink.lock().unwrap();
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
+        collect(child.stderr.take().unwrap(), &output, move |line| {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut out = sink.lock().unwrap();
-                out.push_str(&line);
-                out.push('\n');
-            }
-        });
+        collect(child.stdout.take().unwrap(), &output, |_| {});
         let addr: SocketAddr = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the server prints its listening line")
@@ -359,6 +342,20 @@ impl ChildServer {
         poll(limit, || self.child.try_wait().unwrap())?.code()
     }
 
+    /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
+    /// to the end; everything it printed.
+    pub fn stop_and_collect(&mut self) -> String {
+        if self.child.try_wait().unwrap().is_none() {
+            self.signal("TERM");
+            assert_eq!(
+                self.wait_exit(Duration::from_secs(20)),
+                Some(0),
+                "the server exits 0 on SIGTERM"
+            );
+        }
+        self.drained_output(Duration::from_secs(10))
+    }
+
     /// Everything the child printed, once both pipes are read to the end (each reader thread
     /// holds a clone of `output` until it reaches end of file, so the count falling to one
     /// means both are drained) or `limit` has passed.
@@ -381,48 +378,35 @@ impl Drop for ChildServer {
     }
 }
 
-impl TestServer {
-    /// A server whose configuration `adjust` changes first and that routes through `handler`
-    /// (for example one worker and a handler that panics).
-    pub fn with_config_and_handler(
-        adjust: impl FnOnce(&mut Config),
-        handler: Handler,
-    ) -> TestServer {
-        let dir = Arc::new(TempDir::new());
-        let mut config = test_config(dir.path());
-        adjust(&mut config);
-        TestServer::launch(config, dir, handler)
-    }
+/// Starts `command` with nothing on its standard input and its output piped to the test.
+pub fn spawn(command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
 }
 
-/// Whether `s` is a UUID version 4 in its hyphenated text form (the reference's
-/// `str(uuid.uuid4())`).
-pub fn is_uuid_v4(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    lengths == [8, 4, 4, 4, 12]
-        && groups.iter().all(|g| {
-            g.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        })
-        && groups[2].starts_with('4')
-        && groups[3].starts_with(['8', '9', 'a', 'b'])
-}
-
-impl ChildServer {
-    /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
-    /// to the end; everything it printed.
-    pub fn stop_and_collect(&mut self) -> String {
-        if self.child.try_wait().unwrap().is_none() {
-            self.signal("TERM");
-            assert_eq!(
-                self.wait_exit(Duration::from_secs(20)),
-                Some(0),
-                "the server exits 0 on SIGTERM"
-            );
+/// Appends each line of `pipe` to `output` on a thread of its own, then hands it to `seen`
+/// (so that `output` holds a line by the time anyone hears of it). The thread holds a clone
+/// of `output` until the pipe ends: see [`ChildServer::drained_output`].
+fn collect(
+    pipe: impl Read + Send + 'static,
+    output: &Arc<Mutex<String>>,
+    seen: impl Fn(&str) + Send + 'static,
+) {
+    let output = Arc::clone(output);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            {
+                let mut out = output.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+            seen(&line);
         }
-        self.drained_output(Duration::from_secs(10))
-    }
+    });
 }
 
 /// Calls `check` until it gives a value or `limit` passes, every 10 ms: the value, or `None`
@@ -446,4 +430,26 @@ pub fn eventually<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<
     let value = poll(limit, check);
     assert!(value.is_some(), "waited {limit:?} for {what}");
     value.unwrap()
+}
+
+/// An executable shell script `name` in `dir` (for `--reset-command`); its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Whether `s` is a UUID version 4 in its hyphenated text form (the reference's
+/// `str(uuid.uuid4())`).
+pub fn is_uuid_v4(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    lengths == [8, 4, 4, 4, 12]
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        && groups[2].starts_with('4')
+        && groups[3].starts_with(['8', '9', 'a', 'b'])
 }
