@@ -87,7 +87,10 @@ impl Resp {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
         let body = bytes.get(start..start + length)?;
-        Some((Resp::from_head(&bytes[..start - 4], body), start + length))
+        Some((
+            Resp::new(head.version, head.status, head.headers, body),
+            start + length,
+        ))
     }
 
     /// The head at the start of `bytes` alone, as the answer to a `HEAD` (whose
@@ -156,7 +159,7 @@ impl From<Reply> for Resp {
 }
 
 /// An HTTP client that reports every status as an answer and follows no redirect.
-pub fn agent() -> Agent {
+fn agent() -> Agent {
     Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
