@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The PostgreSQL half of the gate: clippy with the `postgres` feature, then the whole test
 # suite again with every test server on its own database in a throwaway PostgreSQL cluster
-# (tests/support reads AUTH_TEST_POSTGRES), then the scenario against a PostgreSQL-backed
-# binary. Called from .ci/run; runs on its own too (bash .ci/postgres.sh).
+# (tests/support reads AUTH_TEST_POSTGRES) and the multi-instance tests that only run there,
+# then the scenario against a PostgreSQL-backed binary. Called from .ci/run; runs on its own
+# too (bash .ci/postgres.sh).
 #
 # The cluster lives in a temporary directory, listens on loopback only, trusts local
 # connections, and runs with fsync off: it holds nothing but test data and is removed on exit.
@@ -56,6 +57,10 @@ cargo clippy --all-targets --features postgres -- -D warnings
 
 step "AUTH_TEST_POSTGRES=$AUTH_TEST_POSTGRES cargo test --features postgres"
 cargo test --features postgres
+
+# Two instances on one database need PostgreSQL: a plain `cargo test` lists these as ignored.
+step "cargo test --features postgres --test multi_instance -- --include-ignored"
+cargo test --features postgres --test multi_instance -- --include-ignored
 
 step "cargo run --features postgres --example main (against a PostgreSQL-backed binary)"
 as_pg "$BIN/psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \

@@ -293,12 +293,19 @@ pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     ])?;
     let server = Server::start(config)?;
     let stopper = server.stopper();
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("auth-service: signal {signal}, finishing in-flight requests");
-            stopper.stop();
-        }
-    });
+    let waiting = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("auth-service: signal {signal}, finishing in-flight requests");
+                stopper.stop();
+            }
+        });
+    if let Err(e) = waiting {
+        server.shutdown();
+        server.wait()?;
+        return Err(ServerError::Spawn(e).into());
+    }
     server.wait()?;
     Ok(())
 }

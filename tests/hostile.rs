@@ -18,10 +18,9 @@
 
 mod support;
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::thread::{self, sleep, JoinHandle};
@@ -97,185 +96,7 @@ fn show(bytes: &[u8]) -> String {
     format!("{text:?}{more}")
 }
 
-// --- Connections ---------------------------------------------------------------------------
-
-/// A connection from `from` to `to` made within `limit`.
-fn connect(from: IpAddr, to: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
-    connect_with(from, to, limit, |_| Ok(()))
-}
-
-/// [`connect`], with `configure` applied to the socket before it connects.
-fn connect_with(
-    from: IpAddr,
-    to: SocketAddr,
-    limit: Duration,
-    configure: impl FnOnce(&socket2::Socket) -> io::Result<()>,
-) -> io::Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
-    configure(&socket)?;
-    socket.connect_timeout(&to.into(), limit)?;
-    Ok(socket.into())
-}
-
-/// How a read of a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// The server closed the connection (end of file).
-    Eof,
-    /// The server reset the connection.
-    Reset,
-    /// It was still open when the time was up.
-    Open,
-    /// The reader had what it wanted.
-    Done,
-}
-
-impl End {
-    fn closed(self) -> bool {
-        matches!(self, End::Eof | End::Reset)
-    }
-}
-
-/// What a client read.
-#[derive(Debug)]
-struct Got {
-    bytes: Vec<u8>,
-    end: End,
-    after: Duration,
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
-}
-
-/// Reads until `done` says the bytes are enough, the connection ends, or `limit` passes.
-fn read_until(stream: &mut TcpStream, limit: Duration, done: impl Fn(&[u8]) -> bool) -> Got {
-    let started = Instant::now();
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let end = loop {
-        if done(&bytes) {
-            break End::Done;
-        }
-        let left = limit.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            break End::Open;
-        }
-        stream.set_read_timeout(Some(left.max(ms(1)))).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => break End::Eof,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if would_block(&e) => {}
-            Err(_) => break End::Reset,
-        }
-    };
-    Got {
-        bytes,
-        end,
-        after: started.elapsed(),
-    }
-}
-
-/// Reads everything until the server ends the connection or `limit` passes.
-fn read_to_close(stream: &mut TcpStream, limit: Duration) -> Got {
-    read_until(stream, limit, |_| false)
-}
-
-/// One HTTP response as a client reads it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-    /// Its length in bytes, head and body.
-    size: usize,
-}
-
-impl Answer {
-    /// The whole response at the start of `bytes` (a body as long as its `Content-Length`).
-    fn parse(bytes: &[u8]) -> Option<Answer> {
-        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
-        let status = head.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
-        let length = raw_header(&head, "content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let body = bytes.get(end + 4..end + 4 + length)?;
-        Some(Answer {
-            status,
-            body: String::from_utf8_lossy(body).into_owned(),
-            size: end + 4 + length,
-            head,
-        })
-    }
-
-    /// Every whole response in `bytes`, in order.
-    fn all(mut bytes: &[u8]) -> Vec<Answer> {
-        let mut answers = Vec::new();
-        while let Some(answer) = Answer::parse(bytes) {
-            bytes = &bytes[answer.size..];
-            answers.push(answer);
-        }
-        answers
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        raw_header(&self.head, name)
-    }
-}
-
-/// The status code of the first status line in `bytes` (0 when there is none).
-fn status_of(bytes: &[u8]) -> u16 {
-    raw_status(&String::from_utf8_lossy(&bytes[..bytes.len().min(64)]))
-}
-
-/// Sends `request` on a fresh connection from `from`, and reads one answer within `limit`
-/// (counted from before connecting): the answer and how long it took, or what went wrong.
-fn exchange(
-    from: IpAddr,
-    to: SocketAddr,
-    request: &[u8],
-    limit: Duration,
-) -> Result<(Answer, Duration), String> {
-    let started = Instant::now();
-    let mut stream = connect(from, to, limit).map_err(|e| format!("cannot connect: {e}"))?;
-    stream
-        .write_all(request)
-        .map_err(|e| format!("cannot send: {e}"))?;
-    let got = read_until(&mut stream, limit.saturating_sub(started.elapsed()), |b| {
-        Answer::parse(b).is_some()
-    });
-    let took = started.elapsed();
-    match Answer::parse(&got.bytes) {
-        Some(answer) => Ok((answer, took)),
-        None => Err(format!(
-            "no answer within {limit:?} (connection {:?} after {took:.2?}, read {})",
-            got.end,
-            show(&got.bytes)
-        )),
-    }
-}
-
-/// A form POST that closes its connection.
-fn form_post(path: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// A form body from pairs, encoded.
-fn form(pairs: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
-}
+// --- Connections (the rest is in tests/support) ---------------------------------------
 
 /// Sends `request` from 127.0.0.2 (write errors ignored: the server may close before taking it
 /// all) and reads until the server ends the connection or 3 s pass.
@@ -290,8 +111,7 @@ fn send_and_read(to: SocketAddr, request: &[u8]) -> Got {
 /// server, on which exactly one answer comes back (nothing smuggled in it runs).
 fn expect_refused(to: SocketAddr, what: &str, request: &[u8], status: &[u16]) -> Option<String> {
     let got = send_and_read(to, request);
-    let answers = Answer::all(&got.bytes);
-    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    let statuses: Vec<u16> = Resp::all(&got.bytes).iter().map(|a| a.status).collect();
     if statuses.len() != 1 || !status.contains(&statuses[0]) || !got.end.closed() {
         Some(format!(
             "{what}: expected one answer {status:?} and the connection closed; got answers \
@@ -314,7 +134,7 @@ fn probe_with(to: SocketAddr, request: &[u8]) -> Result<Duration, String> {
     if answer.status != 200 {
         return Err(format!(
             "answered {} after {took:.2?}: {}",
-            answer.status, answer.body
+            answer.status, answer.text
         ));
     }
     Ok(took)
@@ -576,18 +396,6 @@ fn threads_of(uid: u32) -> u64 {
         .sum()
 }
 
-/// Everything the child printed, once it has exited and its pipes are drained (or, if it is
-/// still running, what it printed so far).
-fn output_after_exit(server: &mut ChildServer) -> String {
-    if server.child.try_wait().unwrap().is_some() {
-        let started = Instant::now();
-        while Arc::strong_count(&server.output) > 1 && started.elapsed() < secs(5) {
-            sleep(ms(10));
-        }
-    }
-    server.output()
-}
-
 /// Lines of `output` that report a panic.
 fn panics(output: &str) -> Vec<&str> {
     output.lines().filter(|l| l.contains("panicked")).collect()
@@ -598,39 +406,51 @@ fn panics(output: &str) -> Vec<&str> {
 /// supervisor restarts it; and it never panics. It gets a few seconds to recover: probes are
 /// tried for 4 s.
 fn carries_on_or_exits_non_zero(server: &mut ChildServer, problems: &mut Vec<String>) {
-    let started = Instant::now();
-    loop {
+    // How it ended up: exited with a status, or carried on (`None`).
+    let mut failed_probe = String::new();
+    let outcome = poll(secs(4), || {
         if let Some(status) = server.child.try_wait().unwrap() {
+            return Some(Some(status));
+        }
+        match probe(server.addr) {
+            Ok(_) => Some(None),
+            Err(e) => {
+                failed_probe = e;
+                sleep(ms(200)); // a server short of descriptors or threads is not flooded
+                None
+            }
+        }
+    });
+    match outcome {
+        Some(Some(status)) => {
             if status.code() == Some(0) {
                 problems.push(format!(
                     "it exited by itself with {status}: it must exit non-zero when it stops"
                 ));
             }
-            break;
         }
-        match probe(server.addr) {
-            Ok(_) => {
-                server.signal("TERM");
-                let code = server.wait_exit(secs(15));
-                if code != Some(0) {
-                    problems.push(format!(
-                        "after carrying on, SIGTERM ended it with {code:?}, not 0"
-                    ));
-                }
-                break;
-            }
-            Err(e) if started.elapsed() > secs(4) => {
-                let threads = proc_status(server.child.id(), "Threads:");
+        Some(None) => {
+            server.signal("TERM");
+            let code = server.wait_exit(secs(15));
+            if code != Some(0) {
                 problems.push(format!(
-                    "it stays up but has not answered for 4 s: a probe {e} (threads: \
-                     {threads:?})"
+                    "after carrying on, SIGTERM ended it with {code:?}, not 0"
                 ));
-                break;
             }
-            Err(_) => sleep(ms(200)),
+        }
+        None => {
+            let threads = proc_status(server.child.id(), "Threads:");
+            problems.push(format!(
+                "it stays up but has not answered for 4 s: a probe {failed_probe} (threads: \
+                 {threads:?})"
+            ));
         }
     }
-    let output = output_after_exit(server);
+    // Everything it printed: once it has exited, with its pipes drained.
+    let output = match server.child.try_wait().unwrap() {
+        Some(_) => server.drained_output(secs(5)),
+        None => server.output(),
+    };
     let panicked = panics(&output);
     if !panicked.is_empty() {
         problems.push(format!(
@@ -639,14 +459,6 @@ fn carries_on_or_exits_non_zero(server: &mut ChildServer, problems: &mut Vec<Str
             panicked[0]
         ));
     }
-}
-
-/// Writes an executable shell script into `dir`; its path.
-fn script(dir: &Path, name: &str, body: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
 }
 
 // --- 1 to 4: slow and stalled bodies -------------------------------------------------------
@@ -677,7 +489,7 @@ fn huge_declared_bodies_are_refused_and_closed_without_holding_a_worker() {
     let mut problems = Vec::new();
     probes.check(&mut problems);
     for (i, seen) in seen.iter().enumerate() {
-        let status = status_of(&seen.received);
+        let status = Resp::of(&seen.received).status;
         let answered = seen.first_line_at.filter(|at| *at <= secs(1));
         if status != 413 || answered.is_none() {
             problems.push(format!(
@@ -799,13 +611,11 @@ fn expect_continue_without_a_body_gets_a_bare_100_and_holds_no_worker() {
         ));
     }
     let _ = stream.write_all(body.as_bytes());
-    let got = read_until(&mut stream, secs(3), |b| Answer::parse(b).is_some());
-    match Answer::parse(&got.bytes) {
-        Some(a) if a.status == 200 => {}
-        _ => problems.push(format!(
-            "the body sent after 100 Continue was not answered 200: {}",
-            show(&got.bytes)
-        )),
+    let answer = read_response(&mut stream, secs(3));
+    if answer.status != 200 {
+        problems.push(format!(
+            "the body sent after 100 Continue was not answered 200: {answer:?}"
+        ));
     }
     verdict(&server, &problems);
 }
@@ -921,11 +731,7 @@ fn flood(server: &ChildServer, start: &[u8], unit: &[u8], total: usize) -> Flood
         };
     }
     // Give the server a moment to answer and close, then stop reading.
-    let waited = Instant::now();
-    while !closed.load(Ordering::SeqCst) && waited.elapsed() < secs(3) {
-        sleep(ms(10));
-    }
-    let server_closed = closed.load(Ordering::SeqCst);
+    let server_closed = poll(secs(3), || closed.load(Ordering::SeqCst).then_some(())).is_some();
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let got = reading.join().unwrap();
     Flood {
@@ -991,7 +797,7 @@ fn oversized_heads_are_refused_early_and_memory_stays_bounded() {
         ),
     ];
     for (what, flood, statuses) in floods {
-        let status = status_of(&flood.got.bytes);
+        let status = Resp::of(&flood.got.bytes).status;
         if !statuses.contains(&status) || !flood.server_closed {
             problems.push(format!(
                 "{what}: expected {statuses:?} and the connection closed; got {status} \
@@ -1045,7 +851,7 @@ fn trickled_heads_meet_the_header_timeout() {
     let mut problems = Vec::new();
     probes.check(&mut problems);
     for (i, seen) in seen.iter().enumerate() {
-        let status = status_of(&seen.received);
+        let status = Resp::of(&seen.received).status;
         let in_time = seen.closed_at.is_some_and(|at| at <= ms(4500));
         if !in_time || !(seen.received.is_empty() || status == 408) {
             problems.push(format!(
@@ -1179,14 +985,10 @@ fn running_out_of_threads_drops_connections_not_the_server() {
 fn pipelining_logins_without_reading_does_not_block_the_bcrypt_lane() {
     let _serial = serial();
     let server = start(&[], &[]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
     let login = form_post(
         "/sessions",
-        &form(&[("email", "bob@example.com"), ("password", "pw")]),
+        &[("email", "bob@example.com"), ("password", "pw")],
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -1207,7 +1009,7 @@ fn pipelining_logins_without_reading_does_not_block_the_bcrypt_lane() {
             Ok((a, _)) if a.status == 200 => {}
             Ok((a, took)) => problems.push(format!(
                 "the login {at:.1?} into the attack was answered {} after {took:.2?}: {}",
-                a.status, a.body
+                a.status, a.text
             )),
             Err(e) => problems.push(format!("the login {at:.1?} into the attack: {e}")),
         }
@@ -1270,15 +1072,13 @@ fn reset_mail_is_delivered_off_the_workers() {
     let mailer = script(dir.path(), "mailer.sh", "sleep 3\nexit 0");
     let server = start_in(
         dir,
-        &["--reset-command", &mailer],
+        &["--reset-command", mailer.to_str().unwrap()],
         &[("AUTH_MAX_RESET_REQUESTS", "0")],
     );
     let session = server.register_and_log_in("bob@example.com", "pw");
-    let profile = format!(
-        "GET /profile HTTP/1.1\r\nHost: probe\r\nCookie: session_id={session}\r\n\
-         Connection: close\r\n\r\n"
-    );
-    let reset = form_post("/reset_password", &form(&[("email", "bob@example.com")]));
+    let cookie = format!("session_id={session}");
+    let profile = request("GET", "/profile", &[("Cookie", &cookie)], b"");
+    let reset = form_post("/reset_password", &[("email", "bob@example.com")]);
 
     let barrier = Arc::new(Barrier::new(32));
     let resets: Vec<_> = (0..32)
@@ -1292,7 +1092,7 @@ fn reset_mail_is_delivered_off_the_workers() {
             })
         })
         .collect();
-    let probes = probe_for(server.addr, secs(4), profile.as_bytes());
+    let probes = probe_for(server.addr, secs(4), &profile);
 
     let mut problems = Vec::new();
     probes.check(&mut problems);
@@ -1301,17 +1101,17 @@ fn reset_mail_is_delivered_off_the_workers() {
         match reset.join().unwrap() {
             Ok((a, took)) if a.status == 200 => {
                 let expected = r#"{"email":"bob@example.com","message":"reset token sent"}"#;
-                if a.body != expected || took > secs(2) {
+                if a.text != expected || took > secs(2) {
                     problems.push(format!(
                         "reset {i}: expected {expected} well under 3 s, got {} after {took:.2?}",
-                        a.body
+                        a.text
                     ));
                 }
             }
             Ok((a, _)) if a.status == 503 && a.header("retry-after").is_some() => shed += 1,
             Ok((a, took)) => problems.push(format!(
                 "reset {i}: answered {} after {took:.2?}: {}",
-                a.status, a.body
+                a.status, a.text
             )),
             Err(e) => problems.push(format!("reset {i}: {e}")),
         }
@@ -1344,11 +1144,7 @@ struct Flooded {
 fn the_bcrypt_lane_is_fair_to_another_address() {
     let _serial = serial();
     let server = start(&["--bcrypt-cost", "10"], &[("AUTH_MAX_REGISTRATIONS", "0")]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
     let to = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_started = Instant::now();
@@ -1362,9 +1158,9 @@ fn the_bcrypt_lane_is_fair_to_another_address() {
                         break;
                     }
                     let email = format!("flood-{t}-{i}@example.com");
-                    let body = form(&[("email", email.as_str()), ("password", "pw")]);
+                    let request = form_post("/users", &[("email", &email), ("password", "pw")]);
                     let started = Instant::now();
-                    let result = exchange(ATTACKER, to, &form_post("/users", &body), secs(14));
+                    let result = exchange(ATTACKER, to, &request, secs(14));
                     let flooded = match result {
                         Ok((a, took)) => Flooded {
                             status: a.status,
@@ -1390,7 +1186,7 @@ fn the_bcrypt_lane_is_fair_to_another_address() {
     sleep(secs(2));
     let login = form_post(
         "/sessions",
-        &form(&[("email", "bob@example.com"), ("password", "pw")]),
+        &[("email", "bob@example.com"), ("password", "pw")],
     );
     let loggers: Vec<_> = (0..3)
         .map(|_| {
@@ -1659,18 +1455,14 @@ fn head_is_answered_as_get_without_a_body() {
     );
     let text = String::from_utf8_lossy(&got.bytes).into_owned();
     let mut problems = Vec::new();
-    match text.split_once("\r\n\r\n") {
-        Some((head, rest)) => {
-            let status = raw_status(head);
-            let length = raw_header(head, "content-length");
-            let get = Answer::parse(rest.as_bytes());
-            let get_ok = get
-                .as_ref()
-                .is_some_and(|a| a.status == 200 && a.body == WELCOME);
+    match Resp::parse_head(&got.bytes) {
+        Some((head, size)) => {
+            let get_ok = Resp::parse(&got.bytes[size..])
+                .is_some_and(|(get, _)| get.status == 200 && get.text == WELCOME);
             let wanted_length = WELCOME.len().to_string();
-            if status != 200
-                || length != Some(wanted_length.as_str())
-                || raw_header(head, "content-type") != Some("application/json")
+            if head.status != 200
+                || head.header("content-length") != Some(wanted_length.as_str())
+                || head.header("content-type") != Some("application/json")
                 || !get_ok
             {
                 problems.push(format!(
@@ -1718,27 +1510,26 @@ fn connections_past_the_limit_are_closed_at_once() {
     drop(idle.remove(0));
     sleep(ms(200));
     // The server may take a moment to see the close: a few tries, each held to a second.
-    let started = Instant::now();
-    let mut served = Err(String::new());
-    while served.is_err() && started.elapsed() < secs(2) {
-        served = probe(server.addr);
-        if served.is_err() {
+    let mut failed_probe = String::new();
+    let served = poll(secs(2), || match probe(server.addr) {
+        Ok(took) => Some(took),
+        Err(e) => {
+            failed_probe = e;
             sleep(ms(200));
+            None
         }
-    }
-    if let Err(e) = served {
-        problems.push(format!("once one of the 20 closed, a new connection {e}"));
+    });
+    if served.is_none() {
+        problems.push(format!(
+            "once one of the 20 closed, a new connection {failed_probe}"
+        ));
     }
 
     let stream = &mut idle[0];
     let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    let got = read_until(stream, PROBE_LIMIT, |b| Answer::parse(b).is_some());
-    if Answer::parse(&got.bytes).map(|a| a.status) != Some(200) {
-        problems.push(format!(
-            "an idle connection was not served: {:?}, {}",
-            got.end,
-            show(&got.bytes)
-        ));
+    let answer = read_response(stream, PROBE_LIMIT);
+    if answer.status != 200 {
+        problems.push(format!("an idle connection was not served: {answer:?}"));
     }
     verdict(&server, &problems);
 }
@@ -1765,7 +1556,7 @@ fn emails_with_control_characters_are_refused() {
     );
     let server = start_in(
         dir,
-        &["--reset-command", &recorder],
+        &["--reset-command", recorder.to_str().unwrap()],
         &[
             ("AUTH_MAX_REGISTRATIONS", "0"),
             ("AUTH_MAX_RESET_REQUESTS", "0"),
@@ -1787,18 +1578,17 @@ fn emails_with_control_characters_are_refused() {
         "a\0@x.y",
         "a\r\n@x.y",
     ] {
-        let r = server.post("/users", &[("email", email), ("password", "pw")]);
+        let r = server.register(email, "pw");
         expect_400(&format!("registering {email:?}"), r);
     }
     for email in ["a\0@x.y", "a\r\n@x.y"] {
-        let r = server.post("/reset_password", &[("email", email)]);
+        let r = server.reset_token(email);
         expect_400(&format!("a reset for {email:?}"), r);
     }
 
     // A real reset, so that the command is known to run and record.
-    let r = server.post("/users", &[("email", "ok@example.com"), ("password", "pw")]);
-    assert_eq!(r.status, 200, "{r:?}");
-    let r = server.post("/reset_password", &[("email", "ok@example.com")]);
+    server.register_ok("ok@example.com", "pw");
+    let r = server.reset_token("ok@example.com");
     assert_eq!(r.status, 200, "{r:?}");
     let received = || -> Vec<String> {
         std::fs::read_dir(&inbox)
@@ -1808,10 +1598,12 @@ fn emails_with_control_characters_are_refused() {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .collect()
     };
-    let started = Instant::now();
-    while !received().iter().any(|e| e == "ok@example.com") && started.elapsed() < secs(5) {
-        sleep(ms(50));
-    }
+    poll(secs(5), || {
+        received()
+            .iter()
+            .any(|e| e == "ok@example.com")
+            .then_some(())
+    });
     sleep(ms(500)); // any delivery still queued
     let emails = received();
     if !emails.iter().any(|e| e == "ok@example.com") {

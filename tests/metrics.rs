@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -171,14 +171,10 @@ impl Scrape {
     /// Scrapes until `settled` holds of a scrape, for at most 10 s; the last scrape. A worker
     /// counts a request just after writing its answer, so the client can be a moment ahead.
     fn when(server: &TestServer, settled: impl Fn(&Scrape) -> bool) -> Scrape {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let scrape = Scrape::of(server);
-            if settled(&scrape) || Instant::now() > deadline {
-                return scrape;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(Duration::from_secs(10), || {
+            Some(Scrape::of(server)).filter(|scrape| settled(scrape))
+        })
+        .unwrap_or_else(|| Scrape::of(server))
     }
 }
 
@@ -258,11 +254,7 @@ fn login_counters_and_the_bcrypt_histogram_move() {
     let series = [LOGINS_OK, LOGINS_FAILED, LOGINS_THROTTLED, BCRYPT_COUNT];
 
     let before = Scrape::of(&s);
-    assert_eq!(
-        s.post("/users", &[("email", email), ("password", "right")])
-            .status,
-        200
-    );
+    assert_eq!(s.register(email, "right").status, 200);
     let after_register = Scrape::of(&s);
     // Registration hashes, it does not verify.
     assert_eq!(
@@ -270,7 +262,7 @@ fn login_counters_and_the_bcrypt_histogram_move() {
         [0.0, 0.0, 0.0, 0.0]
     );
 
-    let r = s.post("/sessions", &[("email", email), ("password", "wrong")]);
+    let r = s.log_in(email, "wrong");
     assert_eq!(r.status, 401);
     let after_failed = Scrape::of(&s);
     assert_eq!(
@@ -278,7 +270,7 @@ fn login_counters_and_the_bcrypt_histogram_move() {
         [0.0, 1.0, 0.0, 1.0]
     );
 
-    let r = s.post("/sessions", &[("email", email), ("password", "right")]);
+    let r = s.log_in(email, "right");
     assert_eq!(r.status, 200);
     let after_ok = Scrape::of(&s);
     assert_eq!(
@@ -287,16 +279,13 @@ fn login_counters_and_the_bcrypt_histogram_move() {
     );
 
     // An unknown email costs a verification too (against the dummy hash).
-    let r = s.post(
-        "/sessions",
-        &[("email", "nobody@example.com"), ("password", "x")],
-    );
+    let r = s.log_in("nobody@example.com", "x");
     assert_eq!(r.status, 401);
     for _ in 0..2 {
-        s.post("/sessions", &[("email", email), ("password", "wrong")]);
+        assert_eq!(s.log_in(email, "wrong").status, 401);
     }
     let before_throttled = Scrape::of(&s);
-    let r = s.post("/sessions", &[("email", email), ("password", "right")]);
+    let r = s.log_in(email, "right");
     assert_eq!(r.status, 429, "{}", r.text);
     let after_throttled = Scrape::of(&s);
     assert_eq!(
@@ -336,30 +325,23 @@ fn registration_and_reset_counters_move() {
     let series = [registered, requested, completed];
 
     let before = Scrape::of(&s);
-    s.post("/users", &[("email", "r@example.com"), ("password", "p")]);
+    s.register_ok("r@example.com", "p");
     // Refused registrations are not registrations.
-    s.post("/users", &[("email", "r@example.com"), ("password", "p")]);
-    s.post("/users", &[("email", "no-at"), ("password", "p")]);
+    assert_eq!(s.register("r@example.com", "p").status, 400);
+    assert_eq!(s.register("no-at", "p").status, 400);
     let after_register = Scrape::of(&s);
     assert_eq!(growth(&before, &after_register, &series), [1.0, 0.0, 0.0]);
 
-    let r = s.post("/reset_password", &[("email", "r@example.com")]);
-    assert_eq!(r.status, 200);
-    let token = r.json["reset_token"].as_str().unwrap().to_owned();
-    s.post("/reset_password", &[("email", "unknown@example.com")]);
+    let token = s.reset_token_ok("r@example.com");
+    assert_eq!(s.reset_token("unknown@example.com").status, 403);
     let after_request = Scrape::of(&s);
     assert_eq!(
         growth(&after_register, &after_request, &series),
         [0.0, 1.0, 0.0]
     );
 
-    let form = [
-        ("email", "r@example.com"),
-        ("reset_token", token.as_str()),
-        ("new_password", "q"),
-    ];
-    assert_eq!(s.put("/reset_password", &form).status, 200);
-    assert_eq!(s.put("/reset_password", &form).status, 403, "spent");
+    assert_eq!(s.reset("r@example.com", &token, "q").status, 200);
+    assert_eq!(s.reset("r@example.com", &token, "q").status, 403, "spent");
     let after_reset = Scrape::of(&s);
     assert_eq!(
         growth(&after_request, &after_reset, &series),
@@ -371,13 +353,11 @@ fn registration_and_reset_counters_move() {
 fn requests_are_counted_by_route_and_status() {
     let s = metrics_server();
     let before = Scrape::of(&s);
-    s.get("/", None);
-    s.get("/", None);
-    s.get("/profile", None);
-    s.get("/health", None);
-    s.get("/nope", None);
-    s.get("/users", None);
-    s.post("/users", &[("email", "x")]);
+    // What counts here is the counters, not the answers.
+    for path in ["/", "/", "/profile", "/health", "/nope", "/users"] {
+        let _ = s.get(path, None);
+    }
+    let _ = s.post("/users", &[("email", "x")]);
     let counted = |after: &Scrape, route: &str, status: &str| {
         let series = format!("auth_requests_total{{route=\"{route}\",status=\"{status}\"}}");
         after.get(&series) - before.get(&series)
@@ -413,23 +393,16 @@ fn the_in_flight_gauge_counts_requests_being_handled() {
 
     // A request whose body has not all arrived is in flight from its first byte.
     let body = format!("email=slow@example.com&password=p&pad={}", "x".repeat(2000));
-    let head = format!(
-        "POST /users HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let request = request("POST", "/users", &[("Content-Type", FORM)], body.as_bytes());
+    let (first, rest) = request.split_at(request.len() - 1900);
     let mut slow = TcpStream::connect(s.addr).unwrap();
-    slow.write_all(head.as_bytes()).unwrap();
-    slow.write_all(&body.as_bytes()[..100]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Scrape::of(&s).get(IN_FLIGHT) < 2.0 {
-        assert!(Instant::now() < deadline, "the slow request never showed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    slow.write_all(&body.as_bytes()[100..]).unwrap();
-    let mut response = String::new();
-    std::io::Read::read_to_string(&mut slow, &mut response).unwrap();
-    assert_eq!(raw_status(&response), 200, "{response}");
+    slow.write_all(first).unwrap();
+    eventually("the slow request to show", Duration::from_secs(10), || {
+        (Scrape::of(&s).get(IN_FLIGHT) >= 2.0).then_some(())
+    });
+    slow.write_all(rest).unwrap();
+    let r = read_response(&mut slow, Duration::from_secs(10));
+    assert_eq!(r.status, 200, "{r:?}");
     let after = Scrape::when(&s, |a| a.get(IN_FLIGHT) == 1.0);
     assert_eq!(
         after.get(IN_FLIGHT),

@@ -5,9 +5,9 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -25,25 +25,14 @@ struct Run {
 
 /// Runs the binary with `args` and `env` and waits (boundedly) for it to end.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > Duration::from_secs(20) {
+    let mut child = spawn(Command::new(BIN).args(args).envs(env.iter().copied()));
+    let code = match poll(Duration::from_secs(20), || child.try_wait().unwrap()) {
+        Some(status) => status.code(),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            None
         }
-        std::thread::sleep(Duration::from_millis(10));
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -216,14 +205,10 @@ fn access_lines(output: &str) -> Vec<(String, String, u16)> {
 
 /// Polls `server`'s output until it holds `n` access-log lines (or 10 s pass).
 fn wait_for_access_lines(server: &ChildServer, n: usize) -> Vec<(String, String, u16)> {
-    let started = Instant::now();
-    loop {
-        let lines = access_lines(&server.output());
-        if lines.len() >= n || started.elapsed() > Duration::from_secs(10) {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    poll(Duration::from_secs(10), || {
+        Some(access_lines(&server.output())).filter(|lines| lines.len() >= n)
+    })
+    .unwrap_or_else(|| access_lines(&server.output()))
 }
 
 #[test]
@@ -235,10 +220,7 @@ fn each_request_gets_one_access_log_line_without_its_query() {
         &[("email", "bob@example.com"), ("password", "hunter2")],
     );
     assert_eq!(r.status, 200);
-    let r = server.post(
-        "/sessions",
-        &[("email", "bob@example.com"), ("password", "wrong-pw")],
-    );
+    let r = server.log_in("bob@example.com", "wrong-pw");
     assert_eq!(r.status, 401);
     assert_eq!(server.get("/nope?q=1", None).status, 404);
     assert_eq!(server.send("PATCH", "/profile", &[], b"").status, 405);
@@ -366,11 +348,7 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
     // A real bcrypt cost makes each login take a while (cost 10 is about a third of a second
     // in a debug build), so they are still running when the signal comes.
     let mut server = ChildServer::start(&["--bcrypt-cost", "10", "--metrics"]);
-    let r = server.post(
-        "/users",
-        &[("email", "bob@example.com"), ("password", "pw")],
-    );
-    assert_eq!(r.status, 200, "{r:?}");
+    server.register_ok("bob@example.com", "pw");
 
     // No more logins than bcrypt has slots and queue for (the core count each), so that none
     // is shed with 503 and every one is genuinely in flight.
@@ -378,25 +356,20 @@ fn sigterm_lets_in_flight_logins_finish_then_exits_0() {
     let barrier = Arc::new(Barrier::new(n));
     let logins: Vec<_> = (0..n)
         .map(|_| {
-            let client = Client::new(server.base.clone());
+            let client = Client::new(server.addr);
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 barrier.wait();
-                client.post(
-                    "/sessions",
-                    &[("email", "bob@example.com"), ("password", "pw")],
-                )
+                client.log_in("bob@example.com", "pw")
             })
         })
         .collect();
 
     // Wait until the server holds all of them (plus the /metrics request asking).
-    let started = Instant::now();
-    let mut all_in_flight = false;
-    while !all_in_flight && started.elapsed() < Duration::from_secs(10) {
-        all_in_flight = in_flight(&server) > n as u64;
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let all_in_flight = poll(Duration::from_secs(10), || {
+        (in_flight(&server) > n as u64).then_some(())
+    })
+    .is_some();
     server.signal("TERM");
 
     let answers: Vec<Resp> = logins.into_iter().map(|t| t.join().unwrap()).collect();
@@ -455,7 +428,7 @@ fn sigterm_when_idle_exits_0_and_keeps_the_data() {
     // A new process on the same file knows the user and the session.
     let dir = std::mem::replace(&mut server.dir, TempDir::new());
     let again = ChildServer::start_on(dir, &path, &[]);
-    let r = again.get("/profile", Some(&id));
+    let r = again.profile(&id);
     assert_eq!(
         (r.status, r.text.as_str()),
         (200, r#"{"email":"bob@example.com"}"#)

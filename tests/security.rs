@@ -11,25 +11,17 @@
 mod support;
 
 use std::cell::RefCell;
-use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use auth_service::auth::{digest, Auth, Policy, Shared};
-use auth_service::db::Db;
-use auth_service::metrics::Metrics;
+use auth_service::auth::{digest, Policy, Shared};
 use auth_service::user::{Email, Password};
 use support::*;
 
 const HERE: &str = "127.0.0.1";
 const ELSEWHERE: &str = "127.0.0.2";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// A password no log line could contain by chance.
 fn pw(tag: &str) -> String {
@@ -76,17 +68,28 @@ impl Watched {
         }
     }
 
-    /// Records the secrets a form sends.
-    fn keep_form(&self, form: &[(&str, &str)]) {
-        for (key, value) in form {
-            if ["password", "new_password", "reset_token"].contains(key) {
-                self.keep(value);
+    /// Sends through `client`, recording the secrets the request carries (a session cookie,
+    /// a form's passwords and reset token) and those the answer hands out, and checking that
+    /// an error body holds none.
+    fn watch(
+        &self,
+        client: &Client,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("cookie") {
+                self.keep(value.strip_prefix("session_id=").unwrap_or(value));
             }
         }
-    }
-
-    /// Records the secrets a response hands out, and checks an error body holds none.
-    fn see(&self, r: Resp) -> Resp {
+        for (key, value) in form_urlencoded::parse(body) {
+            if ["password", "new_password", "reset_token"].contains(&&*key) {
+                self.keep(&value);
+            }
+        }
+        let r = client.send(method, path, headers, body);
         if let Some(session) = r.session_cookie() {
             self.keep(&session);
         }
@@ -99,90 +102,12 @@ impl Watched {
         r
     }
 
-    fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        self.keep_form(form);
-        self.see(self.server.post(path, form))
-    }
-
-    fn put(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        self.keep_form(form);
-        self.see(self.server.put(path, form))
-    }
-
-    fn get(&self, path: &str, session: Option<&str>) -> Resp {
-        self.keep(session.unwrap_or_default());
-        self.see(self.server.get(path, session))
-    }
-
-    fn delete(&self, path: &str, session: Option<&str>) -> Resp {
-        self.keep(session.unwrap_or_default());
-        self.see(self.server.delete(path, session))
-    }
-
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        self.see(self.server.send(method, path, headers, body))
-    }
-
-    /// A form POST from source address `from` with extra headers.
-    fn post_via(
-        &self,
-        from: &str,
-        headers: &[(&str, &str)],
-        path: &str,
-        form: &[(&str, &str)],
-    ) -> Resp {
-        self.keep_form(form);
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
-        all.extend_from_slice(headers);
-        self.see(request_from(
-            ip(from),
-            self.server.addr,
-            "POST",
-            path,
-            &all,
-            body.as_bytes(),
-        ))
-    }
-
-    /// A login from source address `from`.
-    fn log_in_from(&self, from: &str, email: &str, password: &str) -> Resp {
-        self.post_via(
-            from,
-            &[],
-            "/sessions",
-            &[("email", email), ("password", password)],
-        )
-    }
-
-    fn register(&self, email: &str, password: &str) {
-        let r = self.post("/users", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "register {email}: {}", r.text);
-    }
-
-    fn log_in(&self, email: &str, password: &str) -> String {
-        let r = self.post("/sessions", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
-        r.session_cookie().expect("a session cookie")
-    }
-
-    fn reset_token(&self, email: &str) -> String {
-        let r = self.post("/reset_password", &[("email", email)]);
-        assert_eq!(r.status, 200, "reset token for {email}: {}", r.text);
-        r.json["reset_token"].as_str().expect("a token").to_owned()
-    }
-
-    fn reset(&self, email: &str, token: &str, new_password: &str) -> Resp {
-        self.put(
-            "/reset_password",
-            &[
-                ("email", email),
-                ("reset_token", token),
-                ("new_password", new_password),
-            ],
-        )
+    /// This server's client sending from source address `from`, watched as well.
+    fn from(&self, from: &str) -> WatchedFrom<'_> {
+        WatchedFrom {
+            watched: self,
+            client: self.server.from(from.parse().unwrap()),
+        }
     }
 
     /// Stops the server and checks that its output holds none of the secrets; the output.
@@ -195,6 +120,25 @@ impl Watched {
         );
         self.assert_clean("the server's output", &output);
         output
+    }
+}
+
+impl Api for Watched {
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.watch(&self.server.client, method, path, headers, body)
+    }
+}
+
+/// A [`Watched`] server's client from another source address.
+struct WatchedFrom<'a> {
+    watched: &'a Watched,
+    client: Client,
+}
+
+impl Api for WatchedFrom<'_> {
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.watched
+            .watch(&self.client, method, path, headers, body)
     }
 }
 
@@ -220,20 +164,6 @@ fn retry_after(r: &Resp, window: u64) -> u64 {
     secs
 }
 
-/// Polls `check` every `every` until it holds or `limit` passes; whether it held.
-fn eventually(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    loop {
-        if check() {
-            return true;
-        }
-        if started.elapsed() > limit {
-            return false;
-        }
-        sleep(every);
-    }
-}
-
 /// A reset command that writes what it received (`$AUTH_EMAIL` and `$AUTH_RESET_TOKEN`, one a
 /// line) to `out`, whole: through a file moved into place, since it runs while the test reads.
 fn delivery_script(dir: &Path, out: &Path, fail: bool) -> PathBuf {
@@ -252,28 +182,19 @@ fn delivery_script(dir: &Path, out: &Path, fail: bool) -> PathBuf {
 /// The (email, token) the delivery script last wrote to `out`, once it differs from `before`:
 /// the command runs after the answer, off the request's worker.
 fn delivered(out: &Path, before: Option<&(String, String)>) -> (String, String) {
-    let mut found = None;
-    let arrived = eventually(Duration::from_secs(20), Duration::from_millis(10), || {
-        let text = std::fs::read_to_string(out).unwrap_or_default();
-        let mut lines = text.lines().map(str::to_owned);
-        let pair = (
-            lines.next().unwrap_or_default(),
-            lines.next().unwrap_or_default(),
-        );
-        let fresh = is_uuid_v4(&pair.1) && before != Some(&pair);
-        found = Some(pair);
-        fresh
-    });
-    assert!(arrived, "the reset command delivered a token: {found:?}");
-    found.unwrap()
-}
-
-/// An executable shell script in `dir`.
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    eventually(
+        "the reset command to deliver a token",
+        Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(out).unwrap_or_default();
+            let mut lines = text.lines().map(str::to_owned);
+            let pair = (
+                lines.next().unwrap_or_default(),
+                lines.next().unwrap_or_default(),
+            );
+            (is_uuid_v4(&pair.1) && before != Some(&pair)).then_some(pair)
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,11 +204,8 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 fn session_cookie_carries_its_attributes_and_logout_clears_it() {
     let s = Watched::start(&["--session-ttl", "1234"]);
     let password = pw("cookie");
-    s.register("c@example.com", &password);
-    let r = s.post(
-        "/sessions",
-        &[("email", "c@example.com"), ("password", &password)],
-    );
+    s.register_ok("c@example.com", &password);
+    let r = s.log_in("c@example.com", &password);
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.session_cookie().unwrap();
     assert!(is_uuid_v4(&id), "{id}");
@@ -296,25 +214,22 @@ fn session_cookie_carries_its_attributes_and_logout_clears_it() {
         format!("session_id={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=1234")
     );
 
-    let r = s.delete("/sessions", Some(&id));
+    let r = s.log_out(&id);
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("/"));
     assert_eq!(
         r.header("set-cookie").unwrap(),
         "session_id=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
     );
-    assert_eq!(s.get("/profile", Some(&id)).status, 403);
+    assert_eq!(s.profile(&id).status, 403);
 }
 
 #[test]
 fn session_cookie_lasts_a_day_by_default() {
     let s = Watched::start(&[]);
     let password = pw("day");
-    s.register("d@example.com", &password);
-    let r = s.post(
-        "/sessions",
-        &[("email", "d@example.com"), ("password", &password)],
-    );
+    s.register_ok("d@example.com", &password);
+    let r = s.log_in("d@example.com", &password);
     assert!(r.header("set-cookie").unwrap().ends_with("; Max-Age=86400"));
 }
 
@@ -322,17 +237,14 @@ fn session_cookie_lasts_a_day_by_default() {
 fn secure_cookies_adds_secure_to_both_cookies() {
     let s = Watched::start(&["--secure-cookies"]);
     let password = pw("secure");
-    s.register("s@example.com", &password);
-    let r = s.post(
-        "/sessions",
-        &[("email", "s@example.com"), ("password", &password)],
-    );
+    s.register_ok("s@example.com", &password);
+    let r = s.log_in("s@example.com", &password);
     let id = r.session_cookie().unwrap();
     assert_eq!(
         r.header("set-cookie").unwrap(),
         format!("session_id={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400; Secure")
     );
-    let r = s.delete("/sessions", Some(&id));
+    let r = s.log_out(&id);
     assert_eq!(
         r.header("set-cookie").unwrap(),
         "session_id=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
@@ -341,7 +253,7 @@ fn secure_cookies_adds_secure_to_both_cookies() {
     // The library's Config field does the same in process.
     let t = TestServer::with(|c| c.secure_cookies = true);
     let id = t.register_and_log_in("t@example.com", "in-process");
-    let r = t.delete("/sessions", Some(&id));
+    let r = t.log_out(&id);
     assert!(r
         .header("set-cookie")
         .unwrap()
@@ -356,13 +268,13 @@ fn session_ids_and_reset_tokens_are_not_in_the_database_files() {
     let mut s = Watched::start(&[]);
     let db = s.dir.path().join("auth.db");
     let (first, second) = (pw("first"), pw("second"));
-    s.register("rest@example.com", &first);
-    let ended = s.log_in("rest@example.com", &first);
-    let spent = s.reset_token("rest@example.com");
+    s.register_ok("rest@example.com", &first);
+    let ended = s.log_in_ok("rest@example.com", &first);
+    let spent = s.reset_token_ok("rest@example.com");
     assert_eq!(s.reset("rest@example.com", &spent, &second).status, 200);
-    let session = s.log_in("rest@example.com", &second);
-    let pending = s.reset_token("rest@example.com");
-    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    let session = s.log_in_ok("rest@example.com", &second);
+    let pending = s.reset_token_ok("rest@example.com");
+    assert_eq!(s.profile(&session).status, 200);
 
     // On SQLite the bytes of the file, its WAL and its shared-memory index; on PostgreSQL
     // every row.
@@ -402,31 +314,23 @@ fn session_ids_and_reset_tokens_are_not_in_the_database_files() {
 fn a_session_ends_after_its_ttl_even_in_use_and_then_reads_as_unknown() {
     let s = Watched::start(&["--session-ttl", "2", "--session-idle", "3600"]);
     let password = pw("ttl");
-    s.register("ttl@example.com", &password);
-    let r = s.post(
-        "/sessions",
-        &[("email", "ttl@example.com"), ("password", &password)],
-    );
+    s.register_ok("ttl@example.com", &password);
+    let r = s.log_in("ttl@example.com", &password);
     assert!(r.header("set-cookie").unwrap().ends_with("; Max-Age=2"));
     let id = r.session_cookie().unwrap();
-    assert_eq!(s.get("/profile", Some(&id)).status, 200);
+    assert_eq!(s.profile(&id).status, 200);
 
     // Used all along, it still ends.
-    let ended = eventually(Duration::from_secs(6), Duration::from_millis(200), || {
-        s.get("/profile", Some(&id)).status == 403
-    });
-    assert!(ended, "the session outlived --session-ttl");
+    eventually(
+        "the session to end at --session-ttl",
+        Duration::from_secs(6),
+        || (s.profile(&id).status == 403).then_some(()),
+    );
 
     let unknown = uuid::Uuid::new_v4().to_string();
-    let (expired, stranger) = (
-        s.get("/profile", Some(&id)),
-        s.get("/profile", Some(&unknown)),
-    );
+    let (expired, stranger) = (s.profile(&id), s.profile(&unknown));
     assert_eq!((expired.status, expired.text), (403, stranger.text));
-    let (expired, stranger) = (
-        s.delete("/sessions", Some(&id)),
-        s.delete("/sessions", Some(&unknown)),
-    );
+    let (expired, stranger) = (s.log_out(&id), s.log_out(&unknown));
     assert_eq!(expired.header("set-cookie"), None);
     assert_eq!((expired.status, expired.text), (403, stranger.text));
 }
@@ -435,36 +339,33 @@ fn a_session_ends_after_its_ttl_even_in_use_and_then_reads_as_unknown() {
 fn an_idle_session_ends_while_an_active_one_lives_on() {
     let s = Watched::start(&["--session-idle", "3", "--session-ttl", "3600"]);
     let (a, b) = (pw("active"), pw("idle"));
-    s.register("active@example.com", &a);
-    s.register("idle@example.com", &b);
-    let active = s.log_in("active@example.com", &a);
-    let idle = s.log_in("idle@example.com", &b);
+    s.register_ok("active@example.com", &a);
+    s.register_ok("idle@example.com", &b);
+    let active = s.log_in_ok("active@example.com", &a);
+    let idle = s.log_in_ok("idle@example.com", &b);
 
     // Well past the idle time, in use every 300 ms.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(4500) {
-        let r = s.get("/profile", Some(&active));
+        let r = s.profile(&active);
         assert_eq!(r.status, 200, "an active session ended: {}", r.text);
         sleep(Duration::from_millis(300));
     }
     let unknown = uuid::Uuid::new_v4().to_string();
-    let (expired, stranger) = (
-        s.get("/profile", Some(&idle)),
-        s.get("/profile", Some(&unknown)),
-    );
+    let (expired, stranger) = (s.profile(&idle), s.profile(&unknown));
     assert_eq!((expired.status, expired.text), (403, stranger.text));
-    assert_eq!(s.get("/profile", Some(&active)).status, 200);
+    assert_eq!(s.profile(&active).status, 200);
 }
 
 #[test]
 fn a_reset_token_expires_after_reset_ttl_and_then_reads_as_unknown() {
     let s = Watched::start(&["--reset-ttl", "2"]);
     let (old, new) = (pw("old"), pw("new"));
-    s.register("late@example.com", &old);
-    s.register("prompt@example.com", &old);
-    let late = s.reset_token("late@example.com");
+    s.register_ok("late@example.com", &old);
+    s.register_ok("prompt@example.com", &old);
+    let late = s.reset_token_ok("late@example.com");
     // The same setting lets a token used at once work (so what follows is expiry).
-    let prompt = s.reset_token("prompt@example.com");
+    let prompt = s.reset_token_ok("prompt@example.com");
     assert_eq!(s.reset("prompt@example.com", &prompt, &new).status, 200);
 
     sleep(Duration::from_millis(2100));
@@ -472,7 +373,7 @@ fn a_reset_token_expires_after_reset_ttl_and_then_reads_as_unknown() {
     let unknown = uuid::Uuid::new_v4().to_string();
     let stranger = s.reset("late@example.com", &unknown, &new);
     assert_eq!((expired.status, expired.text), (403, stranger.text));
-    assert_eq!(s.log_in_from(HERE, "late@example.com", &old).status, 200);
+    assert_eq!(s.from(HERE).log_in("late@example.com", &old).status, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,13 +383,13 @@ fn a_reset_token_expires_after_reset_ttl_and_then_reads_as_unknown() {
 fn a_reset_token_works_once_with_its_own_email_and_only_while_newest() {
     let s = Watched::start(&[]);
     let (old, other, new, newer) = (pw("old"), pw("other"), pw("new"), pw("newer"));
-    s.register("ann@example.com", &old);
-    s.register("bob@example.com", &other);
+    s.register_ok("ann@example.com", &old);
+    s.register_ok("bob@example.com", &other);
     let unknown = s.reset("ann@example.com", &uuid::Uuid::new_v4().to_string(), &new);
     assert_eq!(unknown.status, 403);
 
-    let replaced = s.reset_token("ann@example.com");
-    let token = s.reset_token("ann@example.com");
+    let replaced = s.reset_token_ok("ann@example.com");
+    let token = s.reset_token_ok("ann@example.com");
     assert_ne!(replaced, token);
     assert!(is_uuid_v4(&token));
     let refused = [
@@ -499,7 +400,7 @@ fn a_reset_token_works_once_with_its_own_email_and_only_while_newest() {
         assert_eq!((r.status, &r.text), (403, &unknown.text));
     }
     // Bob keeps his password; Ann's token survived the attempt with Bob's email.
-    assert_eq!(s.log_in_from(HERE, "bob@example.com", &other).status, 200);
+    assert_eq!(s.from(HERE).log_in("bob@example.com", &other).status, 200);
     let r = s.reset("ann@example.com", &token, &new);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
@@ -509,26 +410,26 @@ fn a_reset_token_works_once_with_its_own_email_and_only_while_newest() {
     let spent = s.reset("ann@example.com", &token, &newer);
     assert_eq!((spent.status, spent.text), (403, unknown.text));
 
-    assert_eq!(s.log_in_from(HERE, "ann@example.com", &old).status, 401);
-    assert_eq!(s.log_in_from(HERE, "ann@example.com", &newer).status, 401);
-    assert_eq!(s.log_in_from(HERE, "ann@example.com", &new).status, 200);
+    assert_eq!(s.from(HERE).log_in("ann@example.com", &old).status, 401);
+    assert_eq!(s.from(HERE).log_in("ann@example.com", &newer).status, 401);
+    assert_eq!(s.from(HERE).log_in("ann@example.com", &new).status, 200);
 }
 
 #[test]
 fn a_successful_reset_ends_the_session() {
     let s = Watched::start(&[]);
     let (old, new) = (pw("old"), pw("new"));
-    s.register("sam@example.com", &old);
-    let session = s.log_in("sam@example.com", &old);
-    let token = s.reset_token("sam@example.com");
+    s.register_ok("sam@example.com", &old);
+    let session = s.log_in_ok("sam@example.com", &old);
+    let token = s.reset_token_ok("sam@example.com");
     // Asking for a token, or failing to use one, leaves the session alone.
     let wrong = uuid::Uuid::new_v4().to_string();
     assert_eq!(s.reset("sam@example.com", &wrong, &new).status, 403);
-    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    assert_eq!(s.profile(&session).status, 200);
 
     assert_eq!(s.reset("sam@example.com", &token, &new).status, 200);
-    assert_eq!(s.get("/profile", Some(&session)).status, 403);
-    assert_eq!(s.delete("/sessions", Some(&session)).status, 403);
+    assert_eq!(s.profile(&session).status, 403);
+    assert_eq!(s.log_out(&session).status, 403);
 }
 
 #[test]
@@ -538,10 +439,10 @@ fn the_reset_command_delivers_the_token_and_the_response_holds_none() {
     let command = delivery_script(dir.path(), &out, false);
     let mut s = Watched::start(&["--reset-command", command.to_str().unwrap()]);
     let (old, new) = (pw("old"), pw("new"));
-    s.register("mail@example.com", &old);
-    let session = s.log_in("mail@example.com", &old);
+    s.register_ok("mail@example.com", &old);
+    let session = s.log_in_ok("mail@example.com", &old);
 
-    let r = s.post("/reset_password", &[("email", " mail@example.com ")]);
+    let r = s.reset_token(" mail@example.com ");
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         r.text,
@@ -554,8 +455,8 @@ fn the_reset_command_delivers_the_token_and_the_response_holds_none() {
 
     let r = s.reset("mail@example.com", &token, &new);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(s.get("/profile", Some(&session)).status, 403);
-    s.log_in("mail@example.com", &new);
+    assert_eq!(s.profile(&session).status, 403);
+    s.log_in_ok("mail@example.com", &new);
 
     let output = s.stop();
     assert!(
@@ -568,9 +469,9 @@ fn the_reset_command_delivers_the_token_and_the_response_holds_none() {
 fn without_a_reset_command_the_server_warns_once() {
     let mut s = Watched::start(&[]);
     let password = pw("warn");
-    s.register("w@example.com", &password);
-    s.reset_token("w@example.com");
-    s.reset_token("w@example.com");
+    s.register_ok("w@example.com", &password);
+    s.reset_token_ok("w@example.com");
+    s.reset_token_ok("w@example.com");
     let output = s.stop();
     let warnings: Vec<&str> = output
         .lines()
@@ -590,21 +491,17 @@ fn a_failing_reset_command_is_logged_and_counted_not_answered() {
     let missing = dir.path().join("no-such-command");
     for command in [failing, missing] {
         let mut s = Watched::start(&["--reset-command", command.to_str().unwrap(), "--metrics"]);
-        s.register("fail@example.com", &pw("fail"));
-        let r = s.post("/reset_password", &[("email", "fail@example.com")]);
+        s.register_ok("fail@example.com", &pw("fail"));
+        let r = s.reset_token("fail@example.com");
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(
             r.text,
             r#"{"email":"fail@example.com","message":"reset token sent"}"#
         );
         let failed = r#"auth_reset_deliveries_total{outcome="failed"} 1"#;
-        assert!(
-            eventually(Duration::from_secs(20), Duration::from_millis(20), || s
-                .get("/metrics", None)
-                .text
-                .contains(failed)),
-            "the failure is counted"
-        );
+        eventually("the failure to be counted", Duration::from_secs(20), || {
+            s.get("/metrics", None).text.contains(failed).then_some(())
+        });
         if out.exists() {
             s.keep(&delivered(&out, None).1);
         }
@@ -627,7 +524,7 @@ fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
     let count = || s.server().metrics().bcrypt_verifications();
     let log_in = |email: &str, password: &str| {
         let before = count();
-        let r = s.post("/sessions", &[("email", email), ("password", password)]);
+        let r = s.log_in(email, password);
         (r.status, count() - before)
     };
     assert_eq!(log_in("known@example.com", "wrong-password"), (401, 1));
@@ -635,28 +532,19 @@ fn an_unknown_email_costs_one_bcrypt_verification_like_a_wrong_password() {
     assert_eq!(log_in("known@example.com", "right-password"), (200, 1));
 
     // The same in the Auth layer.
-    let dir = TempDir::new();
-    let policy = Policy {
-        bcrypt_cost: 4,
-        ..Policy::default()
-    };
-    let metrics = Arc::new(Metrics::default());
-    let auth = Auth::new(
-        Db::open(&test_db(&dir.path().join("auth.db"))).unwrap(),
-        Arc::new(Shared::new(policy, Arc::clone(&metrics))),
-    );
+    let app = App::new();
     let known = Email::parse("known@example.com").unwrap();
     let unknown = Email::parse("unknown@example.com").unwrap();
     let right = Password::parse("right-password").unwrap();
     let wrong = Password::parse("wrong-password").unwrap();
-    auth.register_user(&known, &right).unwrap();
-    let count = || metrics.bcrypt_verifications();
+    app.auth.register_user(&known, &right).unwrap();
+    let count = || app.metrics.bcrypt_verifications();
     assert_eq!(count(), 0);
-    assert!(!auth.valid_login(&known, &wrong).unwrap());
+    assert!(!app.auth.valid_login(&known, &wrong).unwrap());
     assert_eq!(count(), 1);
-    assert!(!auth.valid_login(&unknown, &wrong).unwrap());
+    assert!(!app.auth.valid_login(&unknown, &wrong).unwrap());
     assert_eq!(count(), 2);
-    assert!(!auth.valid_login(&unknown, &right).unwrap());
+    assert!(!app.auth.valid_login(&unknown, &right).unwrap());
     assert_eq!(count(), 3);
 }
 
@@ -694,8 +582,8 @@ fn the_dummy_hash_is_well_formed_at_the_configured_cost() {
 fn failures_throttle_the_address_and_email_pair_but_not_the_account() {
     let s = Watched::start(&[]);
     let (right, other) = (pw("right"), pw("other"));
-    s.register("pat@example.com", &right);
-    s.register("quin@example.com", &other);
+    s.register_ok("pat@example.com", &right);
+    s.register_ok("quin@example.com", &other);
     // Case and white space do not make another pair.
     for email in [
         "pat@example.com",
@@ -704,35 +592,35 @@ fn failures_throttle_the_address_and_email_pair_but_not_the_account() {
         "Pat@Example.com",
         "pat@EXAMPLE.COM",
     ] {
-        let r = s.log_in_from(HERE, email, &pw("wrong"));
+        let r = s.from(HERE).log_in(email, &pw("wrong"));
         assert_eq!(r.status, 401, "{}", r.text);
     }
-    let r = s.log_in_from(HERE, "pat@example.com", &right);
+    let r = s.from(HERE).log_in("pat@example.com", &right);
     retry_after(&r, 900);
     assert_eq!(r.json["message"].as_str().map(str::is_empty), Some(false));
     assert_eq!(r.session_cookie(), None);
 
     // The account logs in from elsewhere; that does not lift the throttle here.
     assert_eq!(
-        s.log_in_from(ELSEWHERE, "pat@example.com", &right).status,
+        s.from(ELSEWHERE).log_in("pat@example.com", &right).status,
         200
     );
-    assert_eq!(s.log_in_from(HERE, "pat@example.com", &right).status, 429);
+    assert_eq!(s.from(HERE).log_in("pat@example.com", &right).status, 429);
     // Another email from the same address is not throttled.
-    assert_eq!(s.log_in_from(HERE, "quin@example.com", &other).status, 200);
+    assert_eq!(s.from(HERE).log_in("quin@example.com", &other).status, 200);
 }
 
 #[test]
 fn a_success_clears_the_pair() {
     let s = Watched::start(&[]);
     let right = pw("right");
-    s.register("rae@example.com", &right);
+    s.register_ok("rae@example.com", &right);
     for _ in 0..3 {
         for _ in 0..4 {
-            let r = s.log_in_from(HERE, "rae@example.com", &pw("wrong"));
+            let r = s.from(HERE).log_in("rae@example.com", &pw("wrong"));
             assert_eq!(r.status, 401, "{}", r.text);
         }
-        assert_eq!(s.log_in_from(HERE, "rae@example.com", &right).status, 200);
+        assert_eq!(s.from(HERE).log_in("rae@example.com", &right).status, 200);
     }
 }
 
@@ -741,23 +629,23 @@ fn an_address_is_capped_across_emails() {
     // Two per pair, so twenty per address.
     let s = Watched::start(&["--max-login-failures", "2"]);
     let right = pw("right");
-    s.register("vic@example.com", &right);
+    s.register_ok("vic@example.com", &right);
     let mut spray = (0..20).map(|i| format!("user{i}@example.com"));
     for email in spray.by_ref().take(19) {
-        let r = s.log_in_from(HERE, &email, &pw("guess"));
+        let r = s.from(HERE).log_in(&email, &pw("guess"));
         assert_eq!(r.status, 401, "{email}: {}", r.text);
     }
     // A success clears the pair, not the address's count.
-    assert_eq!(s.log_in_from(HERE, "vic@example.com", &right).status, 200);
+    assert_eq!(s.from(HERE).log_in("vic@example.com", &right).status, 200);
     let email = spray.next().unwrap();
-    assert_eq!(s.log_in_from(HERE, &email, &pw("guess")).status, 401);
+    assert_eq!(s.from(HERE).log_in(&email, &pw("guess")).status, 401);
 
     for email in ["vic@example.com", "fresh@example.com"] {
-        let r = s.log_in_from(HERE, email, &right);
+        let r = s.from(HERE).log_in(email, &right);
         retry_after(&r, 900);
     }
     assert_eq!(
-        s.log_in_from(ELSEWHERE, "vic@example.com", &right).status,
+        s.from(ELSEWHERE).log_in("vic@example.com", &right).status,
         200
     );
 }
@@ -766,12 +654,12 @@ fn an_address_is_capped_across_emails() {
 fn the_throttle_lifts_when_the_window_passes() {
     let s = Watched::start(&["--login-window", "2"]);
     let right = pw("right");
-    s.register("win@example.com", &right);
+    s.register_ok("win@example.com", &right);
     // Five failures in one window throttle; should a slow machine let the window pass between
     // them, the count starts again, so fail until throttled.
     let mut throttled = None;
     for _ in 0..30 {
-        let r = s.log_in_from(HERE, "win@example.com", &pw("wrong"));
+        let r = s.from(HERE).log_in("win@example.com", &pw("wrong"));
         if r.status == 429 {
             throttled = Some(r);
             break;
@@ -781,59 +669,59 @@ fn the_throttle_lifts_when_the_window_passes() {
     let wait = retry_after(&throttled.expect("throttled"), 2);
     // Retry-After is honest: waiting that long is enough.
     sleep(Duration::from_secs(wait) + Duration::from_millis(100));
-    let r = s.log_in_from(HERE, "win@example.com", &right);
+    let r = s.from(HERE).log_in("win@example.com", &right);
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
 /// Five failures for `email` from behind a proxy that sent `forwarded`.
 fn fail_five_times(s: &Watched, forwarded: &str, email: &str) {
     for _ in 0..5 {
-        let r = s.post_via(
-            HERE,
-            &[("X-Forwarded-For", forwarded)],
-            "/sessions",
-            &[("email", email), ("password", &pw("wrong"))],
-        );
+        let r = log_in_forwarded(s, &[forwarded], email, &pw("wrong"));
         assert_eq!(r.status, 401, "{}", r.text);
     }
 }
 
-fn log_in_forwarded(s: &Watched, forwarded: &[&str], email: &str, password: &str) -> u16 {
+/// A login from behind a proxy that sent one `X-Forwarded-For` line for each of `forwarded`.
+fn log_in_forwarded(s: &Watched, forwarded: &[&str], email: &str, password: &str) -> Resp {
     let headers: Vec<(&str, &str)> = forwarded.iter().map(|f| ("X-Forwarded-For", *f)).collect();
-    s.post_via(
-        HERE,
-        &headers,
+    s.from(HERE).post_with(
         "/sessions",
+        &headers,
         &[("email", email), ("password", password)],
     )
-    .status
 }
 
 #[test]
 fn behind_a_trusted_proxy_the_last_forwarded_hop_is_the_client() {
     let s = Watched::start(&["--trust-proxy"]);
     let right = pw("right");
-    s.register("xff@example.com", &right);
+    s.register_ok("xff@example.com", &right);
     // The client forged the first hop; the proxy appended the address it saw.
     fail_five_times(&s, "203.0.113.9, 198.51.100.7", "xff@example.com");
 
     let email = "xff@example.com";
-    assert_eq!(log_in_forwarded(&s, &["198.51.100.7"], email, &right), 429);
     assert_eq!(
-        log_in_forwarded(&s, &["10.1.1.1, 198.51.100.7"], email, &right),
+        log_in_forwarded(&s, &["198.51.100.7"], email, &right).status,
+        429
+    );
+    assert_eq!(
+        log_in_forwarded(&s, &["10.1.1.1, 198.51.100.7"], email, &right).status,
         429,
         "forging an earlier hop does not escape the throttle"
     );
     // A proxy that adds its own header line instead of extending the client's.
     assert_eq!(
-        log_in_forwarded(&s, &["10.1.1.1", "198.51.100.7"], email, &right),
+        log_in_forwarded(&s, &["10.1.1.1", "198.51.100.7"], email, &right).status,
         429,
         "a forged header line before the proxy's does not escape the throttle"
     );
     // Another client behind the same proxy (the same TCP peer) logs in.
-    assert_eq!(log_in_forwarded(&s, &["198.51.100.8"], email, &right), 200);
     assert_eq!(
-        log_in_forwarded(&s, &["198.51.100.7, 203.0.113.9"], email, &right),
+        log_in_forwarded(&s, &["198.51.100.8"], email, &right).status,
+        200
+    );
+    assert_eq!(
+        log_in_forwarded(&s, &["198.51.100.7, 203.0.113.9"], email, &right).status,
         200
     );
 }
@@ -842,12 +730,15 @@ fn behind_a_trusted_proxy_the_last_forwarded_hop_is_the_client() {
 fn without_trust_proxy_the_forwarded_header_is_ignored() {
     let s = Watched::start(&[]);
     let right = pw("right");
-    s.register("peer@example.com", &right);
+    s.register_ok("peer@example.com", &right);
     fail_five_times(&s, "198.51.100.7", "peer@example.com");
     let email = "peer@example.com";
-    assert_eq!(log_in_forwarded(&s, &["198.51.100.8"], email, &right), 429);
-    assert_eq!(log_in_forwarded(&s, &[], email, &right), 429);
-    assert_eq!(s.log_in_from(ELSEWHERE, email, &right).status, 200);
+    assert_eq!(
+        log_in_forwarded(&s, &["198.51.100.8"], email, &right).status,
+        429
+    );
+    assert_eq!(log_in_forwarded(&s, &[], email, &right).status, 429);
+    assert_eq!(s.from(ELSEWHERE).log_in(email, &right).status, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,27 +757,18 @@ fn passwords_over_72_bytes_are_refused_never_truncated() {
     );
 
     for long in [&ascii_73, &euros_73] {
-        let r = s.post(
-            "/users",
-            &[("email", "long@example.com"), ("password", long)],
-        );
+        let r = s.register("long@example.com", long);
         assert_eq!(r.status, 400, "{}", r.text);
         assert_eq!(r.text, r#"{"message":"password is longer than 72 bytes"}"#);
     }
-    s.register("euro@example.com", &euros_72);
-    let session = s.log_in("euro@example.com", &euros_72);
-    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    s.register_ok("euro@example.com", &euros_72);
+    let session = s.log_in_ok("euro@example.com", &euros_72);
+    assert_eq!(s.profile(&session).status, 200);
     // Its first 72 bytes are the whole registered password: truncation would let this in.
-    let r = s.post(
-        "/sessions",
-        &[
-            ("email", "euro@example.com"),
-            ("password", &format!("{euros_72}!")),
-        ],
-    );
+    let r = s.log_in("euro@example.com", &format!("{euros_72}!"));
     assert_eq!(r.status, 400, "{}", r.text);
 
-    let token = s.reset_token("euro@example.com");
+    let token = s.reset_token_ok("euro@example.com");
     let r = s.reset("euro@example.com", &token, &ascii_73);
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(
@@ -904,10 +786,7 @@ fn min_password_length_applies_to_new_passwords_but_not_to_login() {
 
     // Seven characters, and four characters in nine bytes.
     for short in ["seven77", "ééé€"] {
-        let r = s.post(
-            "/users",
-            &[("email", "new@example.com"), ("password", short)],
-        );
+        let r = s.register("new@example.com", short);
         assert_eq!(r.status, 400, "{short}: {}", r.text);
         assert_eq!(
             r.text,
@@ -918,24 +797,12 @@ fn min_password_length_applies_to_new_passwords_but_not_to_login() {
     s.register_and_log_in("new@example.com", &"€".repeat(8));
 
     // A password set before the minimum still logs in.
-    let r = s.post(
-        "/sessions",
-        &[("email", "early@example.com"), ("password", "abc")],
-    );
+    let r = s.log_in("early@example.com", "abc");
     assert_eq!(r.status, 200, "{}", r.text);
 
-    let r = s.post("/reset_password", &[("email", "early@example.com")]);
+    let r = s.reset_token("early@example.com");
     let token = r.json["reset_token"].as_str().unwrap().to_owned();
-    let reset = |new: &str| {
-        s.put(
-            "/reset_password",
-            &[
-                ("email", "early@example.com"),
-                ("reset_token", &token),
-                ("new_password", new),
-            ],
-        )
-    };
+    let reset = |new: &str| s.reset("early@example.com", &token, new);
     let r = reset("abcdefg");
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(
@@ -949,34 +816,28 @@ fn min_password_length_applies_to_new_passwords_but_not_to_login() {
 fn emails_are_trimmed_unique_in_any_case_and_log_in_in_any_case() {
     let s = Watched::start(&[]);
     let (password, new) = (pw("case"), pw("new"));
-    let r = s.post(
-        "/users",
-        &[
-            ("email", "  Mixed.Case@Example.COM \t"),
-            ("password", &password),
-        ],
-    );
+    let r = s.register("  Mixed.Case@Example.COM \t", &password);
     assert_eq!(
         r.text,
         r#"{"email":"Mixed.Case@Example.COM","message":"user created"}"#
     );
     for taken in ["mixed.case@example.com", " MIXED.CASE@EXAMPLE.COM "] {
-        let r = s.post("/users", &[("email", taken), ("password", &pw("dup"))]);
+        let r = s.register(taken, &pw("dup"));
         assert_eq!(r.status, 400, "{}", r.text);
         assert_eq!(r.text, r#"{"message":"email already registered"}"#);
     }
-    let session = s.log_in(" mixed.CASE@example.com ", &password);
-    let r = s.get("/profile", Some(&session));
+    let session = s.log_in_ok(" mixed.CASE@example.com ", &password);
+    let r = s.profile(&session);
     assert_eq!(r.text, r#"{"email":"Mixed.Case@Example.COM"}"#);
 
-    let token = s.reset_token("MIXED.CASE@EXAMPLE.COM");
+    let token = s.reset_token_ok("MIXED.CASE@EXAMPLE.COM");
     assert_eq!(s.reset(" mixed.case@example.com", &token, &new).status, 200);
-    s.log_in("Mixed.Case@Example.COM", &new);
+    s.log_in_ok("Mixed.Case@Example.COM", &new);
 
     let too_long = format!("{}@example.com", "a".repeat(243));
     assert_eq!(too_long.len(), 255);
     for bad in ["no-at-sign.example.com", too_long.as_str()] {
-        let r = s.post("/users", &[("email", bad), ("password", &password)]);
+        let r = s.register(bad, &password);
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
     }
 }
@@ -995,80 +856,59 @@ fn no_secret_reaches_the_output_on_any_route() {
 
     assert_eq!(s.get("/", None).status, 200);
     assert_eq!(s.get("/health", None).status, 200);
-    s.register(email, &right);
-    assert_eq!(
-        s.post("/users", &[("email", email), ("password", &pw("dup"))])
-            .status,
-        400
-    );
+    s.register_ok(email, &right);
+    assert_eq!(s.register(email, &pw("dup")).status, 400);
     let long = pw("long").repeat(4);
-    assert_eq!(
-        s.post("/users", &[("email", "x@example.com"), ("password", &long)])
-            .status,
-        400
-    );
+    assert_eq!(s.register("x@example.com", &long).status, 400);
     let garbled = pw("garbled");
     s.keep(&garbled);
     let body = format!("email=g%40example.com&password={garbled}%FF");
-    let r = s.send(
-        "POST",
-        "/users",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    );
+    let r = s.send("POST", "/users", &[("Content-Type", FORM)], body.as_bytes());
     assert_eq!(r.status, 400);
     let huge = pw("huge");
     s.keep(&huge);
     let body = format!("email={email}&password={huge}&pad={}", "p".repeat(70_000));
-    let r = s.send(
-        "POST",
-        "/users",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        body.as_bytes(),
-    );
+    let r = s.send("POST", "/users", &[("Content-Type", FORM)], body.as_bytes());
     assert_eq!(r.status, 413);
 
     // Logins: wrong, unknown, right, then throttled from one address.
-    assert_eq!(s.log_in_from(HERE, email, &pw("wrong")).status, 401);
+    assert_eq!(s.from(HERE).log_in(email, &pw("wrong")).status, 401);
     assert_eq!(
-        s.log_in_from(HERE, "nobody@example.com", &pw("wrong"))
+        s.from(HERE)
+            .log_in("nobody@example.com", &pw("wrong"))
             .status,
         401
     );
-    let session = s.log_in(email, &right);
-    assert_eq!(s.log_in_from(ELSEWHERE, email, &pw("wrong")).status, 401);
-    assert_eq!(s.log_in_from(ELSEWHERE, email, &pw("wrong")).status, 401);
-    assert_eq!(s.log_in_from(ELSEWHERE, email, &right).status, 429);
+    let session = s.log_in_ok(email, &right);
+    assert_eq!(s.from(ELSEWHERE).log_in(email, &pw("wrong")).status, 401);
+    assert_eq!(s.from(ELSEWHERE).log_in(email, &pw("wrong")).status, 401);
+    assert_eq!(s.from(ELSEWHERE).log_in(email, &right).status, 429);
 
     // Sessions: the profile and logout, with live, unknown and no cookies, and a query.
-    assert_eq!(s.get("/profile", Some(&session)).status, 200);
+    assert_eq!(s.profile(&session).status, 200);
     assert_eq!(
         s.get(&format!("/profile?session_id={session}"), None)
             .status,
         403
     );
     let forged = uuid::Uuid::new_v4().to_string();
-    assert_eq!(s.get("/profile", Some(&forged)).status, 403);
+    assert_eq!(s.profile(&forged).status, 403);
     assert_eq!(s.get("/profile", None).status, 403);
-    assert_eq!(s.delete("/sessions", Some(&forged)).status, 403);
-    assert_eq!(s.delete("/sessions", Some(&session)).status, 302);
-    assert_eq!(s.delete("/sessions", Some(&session)).status, 403);
+    assert_eq!(s.log_out(&forged).status, 403);
+    assert_eq!(s.log_out(&session).status, 302);
+    assert_eq!(s.log_out(&session).status, 403);
 
     // Resets: unknown email, wrong token, another email's token, too long, right, reused.
-    assert_eq!(
-        s.post("/reset_password", &[("email", "nobody@example.com")])
-            .status,
-        403
-    );
-    let session = s.log_in(email, &right);
-    let token = s.reset_token(email);
+    assert_eq!(s.reset_token("nobody@example.com").status, 403);
+    let session = s.log_in_ok(email, &right);
+    let token = s.reset_token_ok(email);
     assert_eq!(s.reset(email, &forged, &new).status, 403);
     assert_eq!(s.reset("nobody@example.com", &token, &new).status, 403);
     assert_eq!(s.reset(email, &token, &long).status, 400);
     assert_eq!(s.reset(email, &token, &new).status, 200);
     assert_eq!(s.reset(email, &token, &new).status, 403);
-    assert_eq!(s.get("/profile", Some(&session)).status, 403);
-    let session = s.log_in(email, &new);
+    assert_eq!(s.profile(&session).status, 403);
+    let session = s.log_in_ok(email, &new);
 
     // Unknown paths and methods, with a token in the query.
     let r = s.get(&format!("/reset_password?reset_token={token}"), None);
@@ -1102,31 +942,27 @@ fn no_secret_reaches_the_output_of_a_reset_command_server() {
     let deliver = delivery_script(dir.path(), &out, false);
     let mut s = Watched::start(&["--reset-command", deliver.to_str().unwrap()]);
     let (old, new) = (pw("old"), pw("new"));
-    s.register("cmd@example.com", &old);
-    let session = s.log_in("cmd@example.com", &old);
+    s.register_ok("cmd@example.com", &old);
+    let session = s.log_in_ok("cmd@example.com", &old);
     let mut last = None;
     for _ in 0..2 {
-        assert_eq!(
-            s.post("/reset_password", &[("email", "cmd@example.com")])
-                .status,
-            200
-        );
+        assert_eq!(s.reset_token("cmd@example.com").status, 200);
         let pair = delivered(&out, last.as_ref());
         s.keep(&pair.1);
         last = Some(pair);
     }
     let (_, token) = last.unwrap();
     assert_eq!(s.reset("cmd@example.com", &token, &new).status, 200);
-    assert_eq!(s.get("/profile", Some(&session)).status, 403);
-    s.log_in("cmd@example.com", &new);
+    assert_eq!(s.profile(&session).status, 403);
+    s.log_in_ok("cmd@example.com", &new);
     s.stop();
 
     // A command that fails after receiving the token: the log line names no token.
     std::fs::remove_file(&out).unwrap();
     let failing = delivery_script(dir.path(), &out, true);
     let mut s = Watched::start(&["--reset-command", failing.to_str().unwrap()]);
-    s.register("cmd@example.com", &old);
-    let r = s.post("/reset_password", &[("email", "cmd@example.com")]);
+    s.register_ok("cmd@example.com", &old);
+    let r = s.reset_token("cmd@example.com");
     assert_eq!(r.status, 200);
     s.keep(&delivered(&out, None).1);
     let output = s.stop();

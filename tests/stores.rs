@@ -8,10 +8,7 @@ use support::*;
 #[test]
 fn emails_fold_ascii_case_only_as_sqlite_nocase_does() {
     let s = TestServer::start();
-    let register = |email: &str| {
-        s.post("/users", &[("email", email), ("password", "pw")])
-            .status
-    };
+    let register = |email: &str| s.register(email, "pw").status;
     assert_eq!(register("josé@example.com"), 200);
     // ASCII letters fold: the same address.
     assert_eq!(register("JOSé@EXAMPLE.COM"), 400);
@@ -20,9 +17,8 @@ fn emails_fold_ascii_case_only_as_sqlite_nocase_does() {
     assert_eq!(register("josÉ@example.com"), 200);
 
     let log_in = |email: &str| {
-        let r = s.post("/sessions", &[("email", email), ("password", "pw")]);
-        assert_eq!(r.status, 200, "{email}: {}", r.text);
-        s.get("/profile", r.session_cookie().as_deref()).json["email"].clone()
+        let session = s.log_in_ok(email, "pw");
+        s.profile(&session).json["email"].clone()
     };
     assert_eq!(log_in("JoSé@Example.Com"), "josé@example.com");
     assert_eq!(log_in("JOSÉ@example.com"), "josÉ@example.com");

@@ -1,21 +1,27 @@
-//! What the black-box tests share: a server on port 0 with its own temporary database (in this
-//! process, or the real binary as a child), and small HTTP helpers that return what a client
-//! sees.
+//! What the tests share: a server on port 0 with its own temporary database (in this process,
+//! or the real binary as a child), the app alone in this process for route tests that need no
+//! socket, and (in `http`) what a client does and sees.
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use auth_service::app::{Reply, Request};
+use auth_service::auth::{Auth, Shared};
+use auth_service::metrics::Metrics;
 use auth_service::server::Handler;
-use auth_service::{Config, Server};
-use serde_json::Value;
-use ureq::Agent;
+use auth_service::{Config, Db, Server};
+
+// What a client does and sees: Resp, Client, raw connections.
+mod http;
+pub use http::*;
 
 // The store under test: SQLite files, or PostgreSQL databases with AUTH_TEST_POSTGRES.
 mod store;
@@ -69,133 +75,6 @@ pub fn test_config(dir: &Path) -> Config {
     config
 }
 
-/// What a client saw.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub text: String,
-    /// The body as JSON; `Value::Null` when it is not JSON.
-    pub json: Value,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Resp {
-    /// The first header called `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The `session_id` value the response sets, if any (empty when it clears it).
-    pub fn session_cookie(&self) -> Option<String> {
-        let cookie = self.header("set-cookie")?;
-        let value = cookie.strip_prefix("session_id=")?;
-        Some(value.split(';').next().unwrap_or_default().to_owned())
-    }
-}
-
-/// An HTTP client that reports every status as an answer and follows no redirect.
-pub fn agent() -> Agent {
-    Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
-    let mut response = result.expect("the request got an HTTP answer");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Resp {
-        status,
-        text,
-        json,
-        headers,
-    }
-}
-
-/// HTTP verbs against a base URL.
-pub struct Client {
-    pub base: String,
-    pub agent: Agent,
-}
-
-impl Client {
-    pub fn new(base: impl Into<String>) -> Client {
-        Client {
-            base: base.into(),
-            agent: agent(),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub fn get(&self, path: &str, session: Option<&str>) -> Resp {
-        let mut rq = self.agent.get(self.url(path));
-        if let Some(s) = session {
-            rq = rq.header("Cookie", format!("session_id={s}"));
-        }
-        read(rq.call())
-    }
-
-    pub fn delete(&self, path: &str, session: Option<&str>) -> Resp {
-        let mut rq = self.agent.delete(self.url(path));
-        if let Some(s) = session {
-            rq = rq.header("Cookie", format!("session_id={s}"));
-        }
-        read(rq.call())
-    }
-
-    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        read(
-            self.agent
-                .post(self.url(path))
-                .send_form(form.iter().copied()),
-        )
-    }
-
-    pub fn put(&self, path: &str, form: &[(&str, &str)]) -> Resp {
-        read(
-            self.agent
-                .put(self.url(path))
-                .send_form(form.iter().copied()),
-        )
-    }
-
-    /// Any method, raw body, extra headers.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        let mut builder = ureq::http::Request::builder()
-            .method(method)
-            .uri(self.url(path));
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let request = builder.body(body.to_vec()).unwrap();
-        read(self.agent.run(request))
-    }
-
-    /// Registers `email` and logs in; the session id.
-    pub fn register_and_log_in(&self, email: &str, password: &str) -> String {
-        let r = self.post("/users", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "register {email}: {}", r.text);
-        let r = self.post("/sessions", &[("email", email), ("password", password)]);
-        assert_eq!(r.status, 200, "log in {email}: {}", r.text);
-        r.session_cookie().expect("a session cookie")
-    }
-}
-
 /// The service in this process, on a free port, with its own database.
 pub struct TestServer {
     pub client: Client,
@@ -219,23 +98,31 @@ impl TestServer {
 
     /// A server whose configuration `adjust` changes first.
     pub fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = Arc::new(TempDir::new());
-        let mut config = test_config(dir.path());
-        adjust(&mut config);
-        TestServer::launch(config, dir, auth_service::app::handle)
+        TestServer::with_config_and_handler(adjust, auth_service::app::handle)
     }
 
     /// A server that routes through `handler` instead of the app.
     pub fn with_handler(handler: Handler) -> TestServer {
+        TestServer::with_config_and_handler(|_| {}, handler)
+    }
+
+    /// A server whose configuration `adjust` changes first and that routes through `handler`
+    /// (for example one worker and a handler that panics).
+    pub fn with_config_and_handler(
+        adjust: impl FnOnce(&mut Config),
+        handler: Handler,
+    ) -> TestServer {
         let dir = Arc::new(TempDir::new());
-        TestServer::launch(test_config(dir.path()), dir, handler)
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        TestServer::launch(config, dir, handler)
     }
 
     fn launch(config: Config, dir: Arc<TempDir>, handler: Handler) -> TestServer {
         let server = Server::start_with(config.clone(), handler).expect("the server starts");
         let addr = server.addr();
         TestServer {
-            client: Client::new(format!("http://{addr}")),
+            client: Client::new(addr),
             addr,
             config,
             server: Some(server),
@@ -268,6 +155,76 @@ impl Drop for TestServer {
             server.shutdown();
             let _ = server.wait();
         }
+    }
+}
+
+/// The app in this process with no server around it: `app::handle` on an `Auth` over a fresh
+/// store, as `fuzz/fuzz_targets/request.rs` drives it, for route tests that need no socket.
+/// What the server does around it (reading and bounding the body, taking the query off the
+/// path, writing the reply) is not here: tests of that go over HTTP.
+pub struct App {
+    pub auth: Auth,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    // Dropped after `auth`, which holds the store open.
+    _dir: TempDir,
+}
+
+impl App {
+    pub fn new() -> App {
+        App::with(|_| {})
+    }
+
+    /// The app with the configuration [`test_config`] gives, which `adjust` changes first.
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> App {
+        let dir = TempDir::new();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(config.policy.clone(), Arc::clone(&metrics));
+        let db = Db::open(&config.db).expect("the store opens");
+        App {
+            auth: Auth::new(db, Arc::new(shared)),
+            config,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    /// Routes one request as the server hands it over: `path` split from its query, the
+    /// `Cookie` header if any, the body read in full, from 127.0.0.1.
+    pub fn handle(&self, method: &str, target: &str, cookie: Option<&str>, body: &[u8]) -> Reply {
+        let ctx = auth_service::app::Context {
+            auth: &self.auth,
+            config: &self.config,
+            metrics: &self.metrics,
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let rq = Request {
+            method,
+            path,
+            query,
+            cookie,
+            forwarded_for: None,
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            body,
+        };
+        auth_service::app::handle(&ctx, &rq)
+    }
+}
+
+impl Api for App {
+    /// [`App::handle`], with the `Cookie` among `headers` (the others go nowhere, as in the
+    /// server), and the reply as a client would read it.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let cookie = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("cookie"))
+            .map(|(_, value)| *value);
+        Resp::from(self.handle(method, path, cookie, body))
     }
 }
 
@@ -344,54 +301,28 @@ impl ChildServer {
             }
             None => Command::new(program),
         };
-        let mut child = command
-            .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
-            .arg(test_db(db))
-            .args(args)
-            // The abuse limits off, as in test_config (through variables, which an older binary
-            // ignores): a test's own variables and flags win.
-            .envs([
-                ("AUTH_MAX_REGISTRATIONS", "0"),
-                ("AUTH_MAX_RESET_REQUESTS", "0"),
-            ])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
+        let mut child = spawn(
+            command
+                .args(["--bind", "127.0.0.1:0", "--bcrypt-cost", "4", "--db"])
+                .arg(test_db(db))
+                .args(args)
+                // The abuse limits off, as in test_config (through variables, which an older
+                // binary ignores): a test's own variables and flags win.
+                .envs([
+                    ("AUTH_MAX_REGISTRATIONS", "0"),
+                    ("AUTH_MAX_RESET_REQUESTS", "0"),
+                ])
+                .envs(env.iter().copied()),
+        );
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Collected before the address is handed over, so that `output()` holds the
-                // listening line once `start` has returned.
-                {
-                    let mut out = sink.lock().unwrap();
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
+        collect(child.stderr.take().unwrap(), &output, move |line| {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_owned());
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut out = sink.lock().unwrap();
-                out.push_str(&line);
-                out.push('\n');
-            }
-        });
+        collect(child.stdout.take().unwrap(), &output, |_| {});
         let addr: SocketAddr = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the server prints its listening line")
@@ -400,7 +331,7 @@ impl ChildServer {
         ChildServer {
             child,
             addr,
-            client: Client::new(format!("http://{addr}")),
+            client: Client::new(addr),
             output,
             dir,
         }
@@ -416,16 +347,34 @@ impl ChildServer {
         assert!(status.success());
     }
 
-    /// Waits up to `limit` for the child to exit; its exit code.
+    /// Waits up to `limit` for the child to exit; its exit code (`None` if it has not exited,
+    /// or died of a signal).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        poll(limit, || self.child.try_wait().unwrap())?.code()
+    }
+
+    /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
+    /// to the end; everything it printed.
+    pub fn stop_and_collect(&mut self) -> String {
+        if self.child.try_wait().unwrap().is_none() {
+            self.signal("TERM");
+            assert_eq!(
+                self.wait_exit(Duration::from_secs(20)),
+                Some(0),
+                "the server exits 0 on SIGTERM"
+            );
         }
-        None
+        self.drained_output(Duration::from_secs(10))
+    }
+
+    /// Everything the child printed, once both pipes are read to the end (each reader thread
+    /// holds a clone of `output` until it reaches end of file, so the count falling to one
+    /// means both are drained) or `limit` has passed.
+    pub fn drained_output(&self, limit: Duration) -> String {
+        poll(limit, || {
+            (Arc::strong_count(&self.output) == 1).then_some(())
+        });
+        self.output()
     }
 
     pub fn output(&self) -> String {
@@ -440,78 +389,66 @@ impl Drop for ChildServer {
     }
 }
 
-/// Sends raw bytes from source address `from` (any 127.0.0.0/8 address works on Linux) and
-/// returns everything the server sends back before closing or going quiet for a second.
-pub fn raw_request(from: IpAddr, to: SocketAddr, request: &[u8]) -> String {
-    let mut stream = connect_from(from, to);
-    stream.write_all(request).unwrap();
-    // The first byte may be slow on a loaded machine (the whole suite runs at once): wait
-    // long for it, then stop after a second of quiet.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
+/// Starts `command` with nothing on its standard input and its output piped to the test.
+pub fn spawn(command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Appends each line of `pipe` to `output` on a thread of its own, then hands it to `seen`
+/// (so that `output` holds a line by the time anyone hears of it). The thread holds a clone
+/// of `output` until the pipe ends: see [`ChildServer::drained_output`].
+fn collect(
+    pipe: impl Read + Send + 'static,
+    output: &Arc<Mutex<String>>,
+    seen: impl Fn(&str) + Send + 'static,
+) {
+    let output = Arc::clone(output);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            {
+                let mut out = output.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+            seen(&line);
         }
-        stream
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
+    });
+}
+
+/// Calls `check` until it gives a value or `limit` passes, every 10 ms: the value, or `None`
+/// when the time ran out (for tests that report that themselves).
+pub fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A TCP connection to `to` whose local address is `from`.
-pub fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )
-    .unwrap();
-    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
-    socket.connect(&to.into()).unwrap();
-    socket.into()
+/// [`poll`], failing the test, saying it waited for `what`, when `limit` passes first.
+#[track_caller]
+pub fn eventually<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    let value = poll(limit, check);
+    assert!(value.is_some(), "waited {limit:?} for {what}");
+    value.unwrap()
 }
 
-/// A form-encoded HTTP/1.1 POST from `from`, closing the connection after it; the raw
-/// response text.
-pub fn post_from(from: IpAddr, to: SocketAddr, path: &str, form: &[(&str, &str)]) -> String {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    raw_request(from, to, request.as_bytes())
-}
-
-/// The status code of a raw HTTP response.
-pub fn raw_status(response: &str) -> u16 {
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-impl TestServer {
-    /// A server whose configuration `adjust` changes first and that routes through `handler`
-    /// (for example one worker and a handler that panics).
-    pub fn with_config_and_handler(
-        adjust: impl FnOnce(&mut Config),
-        handler: Handler,
-    ) -> TestServer {
-        let dir = Arc::new(TempDir::new());
-        let mut config = test_config(dir.path());
-        adjust(&mut config);
-        TestServer::launch(config, dir, handler)
-    }
+/// An executable shell script `name` in `dir` (for `--reset-command`); its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Whether `s` is a UUID version 4 in its hyphenated text form (the reference's
@@ -526,110 +463,4 @@ pub fn is_uuid_v4(s: &str) -> bool {
         })
         && groups[2].starts_with('4')
         && groups[3].starts_with(['8', '9', 'a', 'b'])
-}
-
-/// Reads one HTTP response from `stream`: the head, then as many body bytes as its
-/// `Content-Length` says. Gives up (returning what it has) after `limit` without a byte, so a
-/// server that never answers fails the test instead of hanging it.
-pub fn read_one_response(stream: &mut TcpStream, limit: Duration) -> String {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if out.len() >= end + 4 + length {
-                out.truncate(end + 4 + length);
-                break;
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The body of a raw HTTP response (what follows the blank line).
-pub fn raw_body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
-
-/// The first header called `name` (any case) of a raw HTTP response.
-pub fn raw_header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    let head = response.split("\r\n\r\n").next()?;
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
-}
-
-impl ChildServer {
-    /// Stops the child with SIGTERM, waits for it to exit 0, then for its output to be read
-    /// to the end; everything it printed. (Each reader thread holds a clone of `output` until
-    /// it reaches end of file, so the count falling to one means both pipes are drained.)
-    pub fn stop_and_collect(&mut self) -> String {
-        if self.child.try_wait().unwrap().is_none() {
-            self.signal("TERM");
-            assert_eq!(
-                self.wait_exit(Duration::from_secs(20)),
-                Some(0),
-                "the server exits 0 on SIGTERM"
-            );
-        }
-        let started = Instant::now();
-        while Arc::strong_count(&self.output) > 1 && started.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.output()
-    }
-}
-
-/// Any request from source address `from` (a 127.0.0.0/8 address on Linux), closing the
-/// connection after it; the response as a [`Resp`].
-pub fn request_from(
-    from: IpAddr,
-    to: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for (name, value) in headers {
-        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(body);
-    raw_resp(&raw_request(from, to, &request))
-}
-
-/// A raw HTTP response (as [`raw_request`] returns it) as a [`Resp`].
-pub fn raw_resp(response: &str) -> Resp {
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            Some((key.trim().to_owned(), value.trim().to_owned()))
-        })
-        .collect();
-    let text = raw_body(response).to_owned();
-    Resp {
-        status: raw_status(response),
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-        headers,
-    }
 }
