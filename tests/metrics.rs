@@ -7,7 +7,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 
 use support::*;
@@ -409,18 +408,6 @@ fn the_in_flight_gauge_counts_requests_being_handled() {
         1.0,
         "the answered request is no longer in flight"
     );
-}
-
-/// Runs `sql` on the store behind `db`, from outside the server.
-fn execute(db: &Path, sql: &str) {
-    if on_postgres() {
-        postgres_execute(db, sql);
-    } else {
-        rusqlite::Connection::open(db)
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
 }
 
 #[test]

@@ -107,7 +107,8 @@ pub fn stored_text(db: &Path) -> String {
     if auth_service::db::is_postgres_url(&db) {
         return pg::query_text(
             db.to_str().unwrap(),
-            "SELECT u::text FROM users u UNION ALL SELECT f::text FROM login_failures f",
+            "SELECT u::text FROM users u UNION ALL SELECT s::text FROM sessions s \
+             UNION ALL SELECT c::text FROM counters c",
         )
         .join("\n");
     }
@@ -150,6 +151,20 @@ pub fn set_schema_version(db: &Path, version: i64) {
         .unwrap()
         .pragma_update(None, "user_version", version)
         .unwrap();
+}
+
+/// Runs `sql` (statements separated by `;`) on the store behind `db`, from outside the
+/// server.
+pub fn execute(db: &Path, sql: &str) {
+    let db = test_db(db);
+    if auth_service::db::is_postgres_url(&db) {
+        pg::execute(db.to_str().unwrap(), sql);
+    } else {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
 }
 
 /// Runs `sql` on the PostgreSQL database behind `db` (as its owner), for tests that only make
