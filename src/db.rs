@@ -258,7 +258,13 @@ impl Db {
         new_hash: &str,
         end: EndSessions<'_>,
     ) -> Result<bool, DbError> {
-        on_store!(&self.store, s => s.replace_password(user_id, if_still, new_hash, end))
+        let change = PasswordChange {
+            user_id,
+            if_still,
+            new_hash,
+            end,
+        };
+        on_store!(&self.store, s => s.replace_password(&change))
     }
 
     /// Starts a session for `user_id` (`digest` of its id, a public `handle`, at `now` in Unix
@@ -378,6 +384,59 @@ pub enum EndSessions<'a> {
 pub struct Count {
     pub n: u32,
     pub window_ends: i64,
+}
+
+/// A password about to change (the arguments of [`Db::replace_password`]).
+struct PasswordChange<'a> {
+    user_id: i64,
+    if_still: IfStill<'a>,
+    new_hash: &'a str,
+    end: EndSessions<'a>,
+}
+
+impl PasswordChange<'_> {
+    /// The update, with the user's id as its first parameter, the new hash as its second, and
+    /// what must still hold ([`IfStill::value`]) as its third.
+    fn sql<D: Dialect>(&self) -> String {
+        let (n1, n2, n3) = (D::param(1), D::param(2), D::param(3));
+        let condition = match self.if_still {
+            IfStill::Hash(_) => format!("hashed_password = {n3}"),
+            IfStill::ResetToken(_) => format!("reset_token = {n3}"),
+            IfStill::Always => format!("{} IS NULL", D::text(&n3)),
+        };
+        format!(
+            "UPDATE users SET hashed_password = {n2}, reset_token = NULL, \
+             reset_expires_at = NULL WHERE id = {n1} AND {condition}"
+        )
+    }
+}
+
+impl<'a> IfStill<'a> {
+    /// The value bound for it.
+    fn value(&self) -> Option<&'a str> {
+        match *self {
+            IfStill::Hash(value) | IfStill::ResetToken(value) => Some(value),
+            IfStill::Always => None,
+        }
+    }
+}
+
+/// The upsert of [`Db::count`] for `scopes` scopes: the time as parameter 1, the window as 2,
+/// then each scope; it returns each scope's count and window end.
+fn count_sql<D: Dialect>(scopes: usize) -> String {
+    let (now, window) = (D::param(1), D::param(2));
+    let opened = format!("{} + {}", D::integer(&now), D::integer(&window));
+    let rows: Vec<String> = (3..scopes + 3)
+        .map(|n| format!("({}, 1, {opened})", D::param(n)))
+        .collect();
+    format!(
+        "INSERT INTO counters AS c (scope, count, window_ends) VALUES {} \
+         ON CONFLICT (scope) DO UPDATE SET \
+           count = CASE WHEN c.window_ends > {now} THEN c.count + 1 ELSE 1 END, \
+           window_ends = CASE WHEN c.window_ends > {now} THEN c.window_ends ELSE {opened} END \
+         RETURNING scope, count, window_ends",
+        rows.join(", ")
+    )
 }
 
 /// A session about to start (the arguments of [`Db::add_session`]).
@@ -517,6 +576,14 @@ trait Dialect {
     fn param(n: usize) -> String;
     fn equals(col: &'static str, n: usize) -> String {
         format!("{col} = {}", Self::param(n))
+    }
+    /// `expr` (a parameter) as an integer, where the store cannot tell its type otherwise.
+    fn integer(expr: &str) -> String {
+        expr.to_owned()
+    }
+    /// `expr` (a parameter) as text, likewise.
+    fn text(expr: &str) -> String {
+        expr.to_owned()
     }
 }
 

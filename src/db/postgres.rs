@@ -26,8 +26,8 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement};
 
-use super::{column, select_user, DbError, Dialect, Value};
-use super::{Count, EndSessions, IfStill, NewSession, Session, User};
+use super::{column, count_sql, select_user, DbError, Dialect, Value};
+use super::{Count, EndSessions, NewSession, PasswordChange, Session, User};
 
 /// Schema steps, oldest first; the one row of `schema_version` is the number applied. The
 /// same rules as SQLite's list (append only), and always as long as it.
@@ -90,6 +90,14 @@ impl Dialect for Pg {
         } else {
             format!("{col} = ${n}")
         }
+    }
+
+    fn integer(expr: &str) -> String {
+        format!("{expr}::bigint")
+    }
+
+    fn text(expr: &str) -> String {
+        format!("{expr}::text")
     }
 }
 
@@ -231,30 +239,17 @@ impl Postgres {
         Ok(self.execute("DELETE FROM users WHERE id = $1", &[&user_id])? == 1)
     }
 
-    pub(super) fn replace_password(
-        &self,
-        user_id: i64,
-        if_still: IfStill<'_>,
-        new_hash: &str,
-        end: EndSessions<'_>,
-    ) -> Result<bool, DbError> {
-        let (condition, value) = match if_still {
-            IfStill::Hash(hash) => ("hashed_password = $3", Some(hash)),
-            IfStill::ResetToken(digest) => ("reset_token = $3", Some(digest)),
-            IfStill::Always => ("$3::text IS NULL", None),
-        };
-        let update = format!(
-            "UPDATE users SET hashed_password = $2, reset_token = NULL, \
-             reset_expires_at = NULL WHERE id = $1 AND {condition}"
-        );
+    pub(super) fn replace_password(&self, change: &PasswordChange<'_>) -> Result<bool, DbError> {
+        let sql = change.sql::<Pg>();
+        let (user_id, value) = (change.user_id, change.if_still.value());
         self.run(|c| {
-            let update = c.prepare(&update)?;
-            let end = EndingSessions::prepare(c, end)?;
+            let update = c.prepare(&sql)?;
+            let end = EndingSessions::prepare(c, change.end)?;
             // The update takes the user's row lock: a login's conditional session insert
             // (which reads that row FOR SHARE) waits for this transaction, and the sessions
             // are ended by a statement of its own, which sees any session committed before.
             let mut tx = c.client.transaction()?;
-            let replaced = tx.execute(&update, &[&user_id, &new_hash, &value])? == 1;
+            let replaced = tx.execute(&update, &[&user_id, &change.new_hash, &value])? == 1;
             if replaced {
                 end.run(&mut tx, user_id)?;
             }
@@ -377,19 +372,7 @@ impl Postgres {
         now: i64,
         window: i64,
     ) -> Result<Vec<(String, Count)>, DbError> {
-        // $1 the time, $2 the window, then each scope.
-        let rows: Vec<String> = (3..scopes.len() + 3)
-            .map(|n| format!("(${n}, 1, $1::bigint + $2::bigint)"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO counters AS c (scope, count, window_ends) VALUES {} \
-             ON CONFLICT (scope) DO UPDATE SET \
-               count = CASE WHEN c.window_ends > $1 THEN c.count + 1 ELSE 1 END, \
-               window_ends = CASE WHEN c.window_ends > $1 THEN c.window_ends \
-                             ELSE $1::bigint + $2::bigint END \
-             RETURNING scope, count, window_ends",
-            rows.join(", ")
-        );
+        let sql = count_sql::<Pg>(scopes.len());
         let mut args: Vec<&(dyn ToSql + Sync)> = vec![&now, &window];
         args.extend(scopes.iter().map(|s| s as &(dyn ToSql + Sync)));
         let rows = self.query(&sql, &args)?;

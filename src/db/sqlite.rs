@@ -11,8 +11,9 @@ use std::time::Duration;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
 
-use super::{bound_values, select_user, update_sql, update_values, DbError, Dialect, Value};
-use super::{Count, EndSessions, IfStill, NewSession, Session, User};
+use super::Value;
+use super::{bound_values, count_sql, select_user, update_sql, update_values};
+use super::{Count, DbError, Dialect, EndSessions, NewSession, PasswordChange, Session, User};
 
 /// Schema steps, oldest first; `PRAGMA user_version` is the number applied.
 ///
@@ -169,30 +170,14 @@ impl Sqlite {
         Ok(stmt.execute([user_id])? == 1)
     }
 
-    pub(super) fn replace_password(
-        &self,
-        user_id: i64,
-        if_still: IfStill<'_>,
-        new_hash: &str,
-        end: EndSessions<'_>,
-    ) -> Result<bool, DbError> {
-        let (condition, value) = match if_still {
-            IfStill::Hash(hash) => ("hashed_password = ?3", Some(hash)),
-            IfStill::ResetToken(digest) => ("reset_token = ?3", Some(digest)),
-            IfStill::Always => ("?3 IS NULL", None),
-        };
+    pub(super) fn replace_password(&self, change: &PasswordChange<'_>) -> Result<bool, DbError> {
         // Immediate: a login's conditional session insert waits behind it, or it behind the
         // login, never in between.
         let tx = self.immediate()?;
-        let replaced = tx
-            .prepare_cached(&format!(
-                "UPDATE users SET hashed_password = ?2, reset_token = NULL, \
-                 reset_expires_at = NULL WHERE id = ?1 AND {condition}"
-            ))?
-            .execute(params![user_id, new_hash, value])?
-            == 1;
+        let args = params![change.user_id, change.new_hash, change.if_still.value()];
+        let replaced = tx.prepare_cached(&change.sql::<Sql>())?.execute(args)? == 1;
         if replaced {
-            end_sessions(&tx, user_id, end)?;
+            end_sessions(&tx, change.user_id, change.end)?;
         }
         tx.commit()?;
         Ok(replaced)
@@ -313,19 +298,7 @@ impl Sqlite {
         now: i64,
         window: i64,
     ) -> Result<Vec<(String, Count)>, DbError> {
-        // ?1 the time, ?2 the window, then each scope.
-        let rows: Vec<String> = (3..scopes.len() + 3)
-            .map(|n| format!("(?{n}, 1, ?1 + ?2)"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO counters (scope, count, window_ends) VALUES {} \
-             ON CONFLICT (scope) DO UPDATE SET \
-               count = CASE WHEN counters.window_ends > ?1 THEN counters.count + 1 ELSE 1 END, \
-               window_ends = CASE WHEN counters.window_ends > ?1 THEN counters.window_ends \
-                             ELSE ?1 + ?2 END \
-             RETURNING scope, count, window_ends",
-            rows.join(", ")
-        );
+        let sql = count_sql::<Sql>(scopes.len());
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut args: Vec<&dyn ToSql> = vec![&now, &window];
         args.extend(scopes.iter().map(|s| s as &dyn ToSql));
