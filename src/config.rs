@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Policy;
+use crate::log;
 
 /// The running service's settings.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time in-flight requests get after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    pub log_format: log::Format,
     pub policy: Policy,
 }
 
@@ -56,6 +58,7 @@ fn placeholder() -> Config {
         max_connections: 0,
         header_timeout: Duration::ZERO,
         shutdown_grace: Duration::ZERO,
+        log_format: log::Format::Text,
         // Not `Policy::default()`: that is built from here.
         policy: Policy {
             bcrypt_cost: 0,
@@ -310,6 +313,13 @@ const FLAGS: &[Flag] = &[
         help: "time in-flight requests get after SIGTERM",
         set: |c, v| number(v, 0, 3600).map(|n| c.shutdown_grace = Duration::from_secs(n)),
     },
+    Flag {
+        name: "log-format",
+        value: Some("FMT"),
+        default: Initial::Text("text"),
+        help: "text, or json: one JSON object a line, for log shippers and fail2ban",
+        set: |c, v| log::Format::parse(v).map(|f| c.log_format = f),
+    },
 ];
 
 /// The `--help` text.
@@ -491,6 +501,7 @@ mod tests {
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.log_format, log::Format::Text);
         assert_eq!(c.workers, default_workers());
         // The library's own default is the same one.
         assert_eq!(
@@ -514,6 +525,7 @@ mod tests {
             max_connections: 99_999,
             header_timeout: Duration::from_secs(99_999),
             shutdown_grace: Duration::from_secs(99_999),
+            log_format: log::Format::Json,
             policy: Policy {
                 bcrypt_cost: 99,
                 session_ttl: 99_999,
@@ -584,6 +596,7 @@ mod tests {
             let value = match flag.name {
                 "bind" => "127.0.0.1:0",
                 "db" | "reset-command" => "/tmp/x",
+                "log-format" => "json",
                 _ if flag.value.is_none() => "true",
                 _ => "7",
             };

@@ -51,6 +51,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod slow_lane;

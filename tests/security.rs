@@ -190,7 +190,7 @@ impl Watched {
         let output = self.server.stop_and_collect();
         self.checked = true;
         assert!(
-            output.contains("listening on http://") && output.contains("ms\n"),
+            output.contains("listening on http://") && output.contains("ms 127.0.0."),
             "the server's output, with its access log, was captured:\n{output}"
         );
         self.assert_clean("the server's output", &output);

@@ -1,0 +1,230 @@
+//! The log as SPEC section 10 has it, read from the real binary's stderr: in `--log-format
+//! json` every line is one JSON object (access lines, messages); in either format an access
+//! line names the client's address, the proxied one under `--trust-proxy`; and nothing a client
+//! sends can forge a line.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{Map, Value};
+use support::*;
+
+/// Every line of `output` as a JSON object; fails naming the first line that is not one.
+fn json_lines(output: &str) -> Vec<Map<String, Value>> {
+    output
+        .lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(Value::Object(fields)) => fields,
+            _ => panic!("not a JSON object: {line:?}\n--- the whole output:\n{output}"),
+        })
+        .collect()
+}
+
+/// Whether `line` (raw text) holds `keys` in this order, and no others.
+fn keys_in_order(line: &Map<String, Value>, raw: &str, keys: &[&str]) -> bool {
+    let mut at = 0;
+    for key in keys {
+        match raw[at..].find(&format!("\"{key}\":")) {
+            Some(found) => at += found + key.len() + 3,
+            None => return false,
+        }
+    }
+    line.len() == keys.len()
+}
+
+/// `ts` as RFC 3339 in UTC to the millisecond, and within a minute of now.
+fn assert_timestamp(line: &Map<String, Value>) {
+    let ts = line["ts"].as_str().unwrap_or_default();
+    let b = ts.as_bytes();
+    let shape = ts.len() == 24
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z';
+    assert!(shape, "ts {ts:?} is RFC 3339 UTC with milliseconds");
+    let n = |range: std::ops::Range<usize>| ts[range].parse::<i64>().unwrap();
+    let secs = days_from_civil(n(0..4), n(5..7), n(8..10)) * 86_400
+        + n(11..13) * 3600
+        + n(14..16) * 60
+        + n(17..19);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let skew = std::time::Duration::from_secs((now - secs).unsigned_abs());
+    assert!(skew.as_secs() < 60, "ts {ts} is about now");
+}
+
+/// Days from 1970-01-01 to the given date of the proleptic Gregorian calendar (Howard
+/// Hinnant's `days_from_civil`: the inverse of what the service computes, so a check of it).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The access lines of a JSON log: (method, path, status, addr).
+fn json_access(lines: &[Map<String, Value>]) -> Vec<(String, String, u64, String)> {
+    lines
+        .iter()
+        .filter(|l| l.contains_key("method") && l.contains_key("ms"))
+        .map(|l| {
+            (
+                l["method"].as_str().unwrap().to_owned(),
+                l["path"].as_str().unwrap().to_owned(),
+                l["status"].as_u64().unwrap(),
+                l["addr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn get_from(from: &str, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request_from(ip(from), to, "GET", path, headers, b"")
+}
+
+#[test]
+fn every_line_of_a_json_run_is_one_json_object() {
+    let mut server = ChildServer::start(&["--log-format", "json"]);
+    assert_eq!(server.get("/?token=sekrit", None).status, 200);
+    assert_eq!(get_from("127.0.0.2", server.addr, "/nope", &[]).status, 404);
+    let r = server.post(
+        "/users",
+        &[("email", "json@example.com"), ("password", "pw")],
+    );
+    assert_eq!(r.status, 200);
+    // A path built to look like a login failure of someone else's address must stay inside
+    // the path's string; an escape sequence (refused, or logged escaped) never reaches it raw.
+    let forged = "/x\",\"event\":\"login_failed\",\"addr\":\"6.6.6.6";
+    let request = format!("GET {forged} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    raw_request(ip("127.0.0.1"), server.addr, request.as_bytes());
+    let escape = b"GE\x1b[31mT /e\x1b[31mx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    raw_request(ip("127.0.0.1"), server.addr, escape);
+
+    let output = server.stop_and_collect();
+    assert!(!output.contains('\x1b'), "no raw escape: {output}");
+    let lines = json_lines(&output);
+    let raw: Vec<&str> = output.lines().collect();
+    for (line, raw) in lines.iter().zip(&raw) {
+        assert_timestamp(line);
+        assert!(raw.starts_with("{\"ts\":\""), "ts comes first: {raw}");
+        assert!(
+            !line.contains_key("event"),
+            "no request here is an event: {raw}"
+        );
+    }
+
+    // The messages: the listening line, the development-mode warning, and the signal.
+    let message = |level: &str, text: &str| {
+        lines.iter().zip(&raw).any(|(l, raw)| {
+            l.get("level").and_then(Value::as_str) == Some(level)
+                && l.get("message")
+                    .and_then(Value::as_str)
+                    .is_some_and(|m| m.contains(text))
+                && keys_in_order(l, raw, &["ts", "level", "message"])
+        })
+    };
+    assert!(message("info", "listening on http://"), "{output}");
+    assert!(
+        message("warning", "POST /reset_password returns"),
+        "{output}"
+    );
+    assert!(message("info", "finishing in-flight requests"), "{output}");
+
+    // The access lines: ts, method, path, status, ms, addr, in that order.
+    for (line, raw) in lines.iter().zip(&raw).filter(|(l, _)| l.contains_key("ms")) {
+        let keys = ["ts", "method", "path", "status", "ms", "addr"];
+        assert!(keys_in_order(line, raw, &keys), "{raw}");
+        assert!(line["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{raw}");
+    }
+    let access = json_access(&lines);
+    let has = |method: &str, path: &str, status: u64, addr: &str| {
+        access
+            .iter()
+            .any(|(m, p, s, a)| m == method && p == path && *s == status && a == addr)
+    };
+    assert!(has("GET", "/", 200, "127.0.0.1"), "{access:?}");
+    assert!(has("GET", "/nope", 404, "127.0.0.2"), "{access:?}");
+    assert!(has("POST", "/users", 200, "127.0.0.1"), "{access:?}");
+    assert!(
+        access.iter().any(|(_, p, _, _)| p == forged),
+        "the forged path is logged as a path: {access:?}"
+    );
+    assert!(!output.contains("sekrit"), "{output}");
+}
+
+#[test]
+fn the_text_log_names_the_client_and_under_trust_proxy_the_forwarded_one() {
+    let mut server = ChildServer::start(&[]);
+    assert_eq!(get_from("127.0.0.2", server.addr, "/", &[]).status, 200);
+    let forwarded = [("X-Forwarded-For", "198.51.100.7")];
+    assert_eq!(
+        get_from("127.0.0.3", server.addr, "/", &forwarded).status,
+        200
+    );
+    let output = server.stop_and_collect();
+    assert!(output.contains("\nGET / 200 "), "{output}");
+    let line = |addr: &str| {
+        output
+            .lines()
+            .any(|l| l.starts_with("GET / 200 ") && l.ends_with(&format!("ms {addr}")))
+    };
+    assert!(line("127.0.0.2"), "{output}");
+    // Without --trust-proxy the header is nobody's word.
+    assert!(line("127.0.0.3"), "{output}");
+    assert!(!output.contains("198.51.100.7"), "{output}");
+
+    let mut server = ChildServer::start(&["--trust-proxy"]);
+    assert_eq!(
+        get_from("127.0.0.3", server.addr, "/", &forwarded).status,
+        200
+    );
+    let output = server.stop_and_collect();
+    assert!(
+        output
+            .lines()
+            .any(|l| l.starts_with("GET / 200 ") && l.ends_with("ms 198.51.100.7")),
+        "{output}"
+    );
+
+    let mut server = ChildServer::start(&["--trust-proxy", "--log-format", "json"]);
+    assert_eq!(
+        get_from("127.0.0.3", server.addr, "/", &forwarded).status,
+        200
+    );
+    let output = server.stop_and_collect();
+    let access = json_access(&json_lines(&output));
+    assert_eq!(
+        access,
+        [("GET".into(), "/".into(), 200, "198.51.100.7".into())],
+        "{output}"
+    );
+}
+
+#[test]
+fn a_bad_log_format_is_a_usage_error() {
+    let dir = TempDir::new();
+    let out = std::process::Command::new(server_binary())
+        .args(["--bind", "127.0.0.1:0", "--log-format", "yaml", "--db"])
+        .arg(dir.path().join("auth.db"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad value for --log-format") && stderr.contains("not text or json"),
+        "{stderr}"
+    );
+}
