@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::auth::{Auth, AuthError, ResetDelivery};
 use crate::config::Config;
+use crate::log::{self, Event};
 use crate::metrics::Metrics;
 use crate::user::{Email, InputError, Password};
 
@@ -239,9 +240,11 @@ fn users(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
     let password = form.password("password")?;
-    ctx.auth
+    let user = ctx
+        .auth
         .register_user(&email, &password)
         .map_err(about("password"))?;
+    event(ctx, rq, Event::Registered, Some(user.id));
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "user created" }),
@@ -255,7 +258,13 @@ fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let password = form.password("password")?;
     let session_id = ctx
         .auth
-        .log_in(client_address(ctx, rq), &email, &password)?;
+        .log_in(client_address(ctx, rq), &email, &password)
+        .inspect_err(|e| match e {
+            AuthError::InvalidLogin => event(ctx, rq, Event::LoginFailed, None),
+            AuthError::Throttled { .. } => event(ctx, rq, Event::LoginThrottled, None),
+            _ => {}
+        })?;
+    event(ctx, rq, Event::LoginOk, user_id(ctx, &email));
     let max_age = ctx.config.policy.session_ttl;
     Ok(Reply::json(
         200,
@@ -271,6 +280,7 @@ fn logout(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
         .get_user_from_session_id(session_id(rq))?
         .ok_or(AppError::NoSession)?;
     ctx.auth.destroy_session(user.id)?;
+    event(ctx, rq, Event::SessionEnded, Some(user.id));
     Ok(Reply::json(302, json!({ "message": "logged out" }))
         .with_header("Location", "/")
         .with_header("Set-Cookie", session_cookie(ctx, "", 0)))
@@ -293,6 +303,7 @@ fn get_reset_password_token(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply
         ResetDelivery::Token(token) => json!({ "email": email.as_str(), "reset_token": token }),
         ResetDelivery::Sent => json!({ "email": email.as_str(), "message": "reset token sent" }),
     };
+    event(ctx, rq, Event::ResetRequested, user_id(ctx, &email));
     Ok(Reply::json(200, body))
 }
 
@@ -305,6 +316,7 @@ fn update_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
     ctx.auth
         .update_password_for(&email, token, &password)
         .map_err(about("new_password"))?;
+    event(ctx, rq, Event::ResetCompleted, user_id(ctx, &email));
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "Password updated" }),
@@ -367,6 +379,17 @@ pub fn client_address(ctx: &Context<'_>, rq: &Request<'_>) -> IpAddr {
         .and_then(|xff| xff.rsplit(',').next())
         .and_then(|hop| hop.trim().parse().ok())
         .unwrap_or(rq.peer)
+}
+
+/// Logs security event `event` of this request, from the client's address (SPEC section 10).
+fn event(ctx: &Context<'_>, rq: &Request<'_>, event: Event, user_id: Option<i64>) {
+    log::event(event, user_id, client_address(ctx, rq));
+}
+
+/// The id of `email`'s user, for an event line after `Auth` has said yes without naming
+/// them; `None` (the line goes out without it) when the lookup fails or the user is gone.
+fn user_id(ctx: &Context<'_>, email: &Email) -> Option<i64> {
+    ctx.auth.find_user(email).ok().flatten().map(|user| user.id)
 }
 
 /// A decoded `application/x-www-form-urlencoded` body. Percent-escapes must decode to UTF-8:

@@ -502,6 +502,11 @@ impl Auth {
             .find_user(&[("email", email.as_str().into())])?
             .ok_or(AuthError::UnknownUser)
     }
+
+    /// The user with `email` (in any ASCII case), if there is one.
+    pub fn find_user(&self, email: &Email) -> Result<Option<User>, AuthError> {
+        Ok(self.db.find_user(&[("email", email.as_str().into())])?)
+    }
 }
 
 /// SHA-256 of a token, as lowercase hex: what the database holds instead of the token.

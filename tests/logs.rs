@@ -120,10 +120,9 @@ fn every_line_of_a_json_run_is_one_json_object() {
     for (line, raw) in lines.iter().zip(&raw) {
         assert_timestamp(line);
         assert!(raw.starts_with("{\"ts\":\""), "ts comes first: {raw}");
-        assert!(
-            !line.contains_key("event"),
-            "no request here is an event: {raw}"
-        );
+        // The registration's is the only event: the forged path made none.
+        let event = line.get("event").and_then(Value::as_str);
+        assert!(matches!(event, None | Some("registered")), "{raw}");
     }
 
     // The messages: the listening line, the development-mode warning, and the signal.
@@ -227,4 +226,171 @@ fn a_bad_log_format_is_a_usage_error() {
         stderr.contains("bad value for --log-format") && stderr.contains("not text or json"),
         "{stderr}"
     );
+}
+
+/// A form request from source address `from`, with a session cookie when given.
+fn form_from(
+    from: &str,
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    session: Option<&str>,
+    form: &[(&str, &str)],
+) -> Resp {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let cookie = session.map(|s| format!("session_id={s}"));
+    let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    if let Some(cookie) = &cookie {
+        headers.push(("Cookie", cookie.as_str()));
+    }
+    request_from(ip(from), to, method, path, &headers, body.as_bytes())
+}
+
+/// Each request that has an event, from an address of its own, so that each event line can be
+/// told to be where it happened: registration, a failed login, a throttled one, a login, a
+/// logout, a reset requested and completed. Every line parses; each event is there once, with
+/// the user's id where the handler knows it, and is written with its own request's access line.
+#[test]
+fn each_event_is_logged_once_where_it_happened() {
+    let mut server = ChildServer::start(&["--log-format", "json", "--max-login-failures", "1"]);
+    let to = server.addr;
+    let email = "events@example.com";
+    let r = form_from(
+        "127.0.0.2",
+        to,
+        "POST",
+        "/users",
+        None,
+        &[("email", email), ("password", "right")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let login = |from: &str, password: &str| {
+        form_from(
+            from,
+            to,
+            "POST",
+            "/sessions",
+            None,
+            &[("email", email), ("password", password)],
+        )
+    };
+    assert_eq!(login("127.0.0.3", "wrong").status, 401);
+    assert_eq!(login("127.0.0.3", "right").status, 429);
+    let r = login("127.0.0.4", "right");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let session = r.session_cookie().unwrap();
+    let r = form_from("127.0.0.5", to, "DELETE", "/sessions", Some(&session), &[]);
+    assert_eq!(r.status, 302, "{}", r.text);
+    let r = form_from(
+        "127.0.0.6",
+        to,
+        "POST",
+        "/reset_password",
+        None,
+        &[("email", email)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json["reset_token"].as_str().unwrap().to_owned();
+    let r = form_from(
+        "127.0.0.7",
+        to,
+        "PUT",
+        "/reset_password",
+        None,
+        &[
+            ("email", email),
+            ("reset_token", &token),
+            ("new_password", "new"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Requests that are no event: a profile without a session, a refused registration.
+    assert_eq!(server.get("/profile", None).status, 403);
+    let r = server.post("/users", &[("email", email), ("password", "again")]);
+    assert_eq!(r.status, 400);
+
+    let output = server.stop_and_collect();
+    for secret in [email, "right", "wrong", "\"new\"", &session, &token] {
+        assert!(!output.contains(secret), "{secret:?} in the log:\n{output}");
+    }
+    let lines = json_lines(&output);
+    let raw: Vec<&str> = output.lines().collect();
+    let events: Vec<(usize, &Map<String, Value>)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains_key("event"))
+        .collect();
+    let user_id = events
+        .iter()
+        .find(|(_, l)| l["event"] == "registered")
+        .and_then(|(_, l)| l["user_id"].as_i64())
+        .unwrap_or_else(|| panic!("a registered event with the user's id:\n{output}"));
+    let mut found: Vec<(String, Option<i64>, String)> = Vec::new();
+    for (n, line) in &events {
+        assert_timestamp(line);
+        let keys: &[&str] = if line.contains_key("user_id") {
+            &["ts", "event", "user_id", "addr"]
+        } else {
+            &["ts", "event", "addr"]
+        };
+        assert!(keys_in_order(line, raw[*n], keys), "{}", raw[*n]);
+        // The same request's access line follows it: one batch, one write.
+        let next = &lines[n + 1];
+        assert!(
+            next.contains_key("ms") && next["addr"] == line["addr"],
+            "{} is followed by its access line, not {}",
+            raw[*n],
+            raw[n + 1]
+        );
+        found.push((
+            line["event"].as_str().unwrap().to_owned(),
+            line.get("user_id").and_then(Value::as_i64),
+            line["addr"].as_str().unwrap().to_owned(),
+        ));
+    }
+    found.sort();
+    let id = Some(user_id);
+    let mut expected = vec![
+        ("registered".to_owned(), id, "127.0.0.2".to_owned()),
+        ("login_failed".to_owned(), None, "127.0.0.3".to_owned()),
+        ("login_throttled".to_owned(), None, "127.0.0.3".to_owned()),
+        ("login_ok".to_owned(), id, "127.0.0.4".to_owned()),
+        ("session_ended".to_owned(), id, "127.0.0.5".to_owned()),
+        ("reset_requested".to_owned(), id, "127.0.0.6".to_owned()),
+        ("reset_completed".to_owned(), id, "127.0.0.7".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(found, expected, "{output}");
+}
+
+#[test]
+fn events_in_the_text_log() {
+    let mut server = ChildServer::start(&[]);
+    let to = server.addr;
+    let form = [("email", "text@example.com"), ("password", "pw")];
+    assert_eq!(
+        form_from("127.0.0.2", to, "POST", "/users", None, &form).status,
+        200
+    );
+    let wrong = [("email", "text@example.com"), ("password", "nope")];
+    assert_eq!(
+        form_from("127.0.0.3", to, "POST", "/sessions", None, &wrong).status,
+        401
+    );
+    let output = server.stop_and_collect();
+    let registered = output
+        .lines()
+        .find(|l| l.starts_with("event registered "))
+        .unwrap_or_else(|| panic!("{output}"));
+    let (_, rest) = registered.split_once("user_id=").expect("a user id");
+    let (id, addr) = rest.split_once(' ').unwrap();
+    assert!(id.parse::<i64>().is_ok(), "{registered}");
+    assert_eq!(addr, "addr=127.0.0.2");
+    assert!(
+        output.contains("\nevent login_failed addr=127.0.0.3\nPOST /sessions 401 "),
+        "{output}"
+    );
+    assert!(!output.contains("text@example.com"), "{output}");
 }
