@@ -507,6 +507,96 @@ impl Auth {
     pub fn find_user(&self, email: &Email) -> Result<Option<User>, AuthError> {
         Ok(self.db.find_user(&[("email", email.as_str().into())])?)
     }
+
+    // What the operator's commands (`auth-service users ...`, src/cli.rs) need beyond the
+    // routes. Each is a few statements, safe beside a running server: what they change, its
+    // workers read on their next request.
+
+    /// How many live sessions `user` holds: not past `--session-ttl` since login nor
+    /// `--session-idle` since last use, exactly as [`Auth::get_user_from_session_id`] judges.
+    /// Today a user holds at most one.
+    pub fn live_sessions(&self, user: &User) -> u32 {
+        let (Some(created), Some(seen)) = (user.session_created_at, user.session_seen_at) else {
+            return 0;
+        };
+        let (now, policy) = (now(), self.policy());
+        let live = user.session_id.is_some()
+            && now < created.saturating_add(policy.session_ttl)
+            && now < seen.saturating_add(policy.session_idle);
+        u32::from(live)
+    }
+
+    /// Up to `limit` users with an id above `after`, in id order, as an operator may see
+    /// them: no hash, no token.
+    pub fn list_users(&self, after: i64, limit: usize) -> Result<Vec<Listed>, AuthError> {
+        Ok(self
+            .db
+            .list_users(after, limit)?
+            .into_iter()
+            .map(|user| Listed {
+                sessions: self.live_sessions(&user),
+                id: user.id,
+                email: user.email,
+            })
+            .collect())
+    }
+
+    /// Sets `email`'s password without a reset token (an operator's reset): the user's
+    /// sessions end and any reset token is spent, so that only the new password opens the
+    /// account. [`AuthError::UnknownUser`] when there is no such user.
+    pub fn set_password(&self, email: &Email, password: &Password) -> Result<User, AuthError> {
+        self.check_new_password(password)?;
+        let user = self.find_by_email(email)?;
+        let hashed_password = self.hash_password(password)?;
+        let changed = self.db.update_user_if(
+            user.id,
+            &[],
+            &[
+                ("hashed_password", hashed_password.into()),
+                ("reset_token", Value::Null),
+                ("reset_expires_at", Value::Null),
+                ("session_id", Value::Null),
+                ("session_created_at", Value::Null),
+                ("session_seen_at", Value::Null),
+            ],
+        )?;
+        // Deleted while bcrypt ran.
+        if !changed {
+            return Err(AuthError::UnknownUser);
+        }
+        Ok(user)
+    }
+
+    /// Ends every session of `email`'s user; the user, and how many of the sessions ended
+    /// were live.
+    pub fn end_sessions(&self, email: &Email) -> Result<(User, u32), AuthError> {
+        let user = self.find_by_email(email)?;
+        let live = self.live_sessions(&user);
+        self.destroy_session(user.id).map_err(|e| match e {
+            AuthError::Db(DbError::NoResultFound) => AuthError::UnknownUser,
+            e => e,
+        })?;
+        Ok((user, live))
+    }
+
+    /// Deletes `email`'s user, and with it their sessions and reset token; the email can
+    /// register again. The user as they were.
+    pub fn delete_user(&self, email: &Email) -> Result<User, AuthError> {
+        let user = self.find_by_email(email)?;
+        if !self.db.delete_user(user.id)? {
+            return Err(AuthError::UnknownUser);
+        }
+        Ok(user)
+    }
+}
+
+/// A user as `auth-service users list` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: i64,
+    pub email: String,
+    /// Live sessions (see [`Auth::live_sessions`]).
+    pub sessions: u32,
 }
 
 /// SHA-256 of a token, as lowercase hex: what the database holds instead of the token.
