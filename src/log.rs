@@ -276,21 +276,33 @@ thread_local! {
 /// Adds the line `write` makes (ending in a newline), writing the gathered ones when there are
 /// enough.
 fn gather(write: impl FnOnce(&mut Vec<u8>)) {
-    let full = LINES.with_borrow_mut(|lines| {
-        write(lines);
-        lines.len() >= FLUSH_AT
+    let mut write = Some(write);
+    let full = LINES.try_with(|lines| {
+        let mut lines = lines.try_borrow_mut().ok()?;
+        (write.take()?)(&mut lines);
+        Some(lines.len() >= FLUSH_AT)
     });
-    if full {
-        flush();
+    match (full, write) {
+        (Ok(Some(true)), _) => flush(),
+        // The buffer is gone (the thread is ending) or in use (a panic's report, from inside
+        // a line being written): this line goes out on its own.
+        (_, Some(write)) => {
+            let mut line = Vec::new();
+            write(&mut line);
+            let _ = std::io::stderr().write_all(&line);
+        }
+        _ => {}
     }
 }
 
 /// Writes this thread's gathered lines.
 pub fn flush() {
-    LINES.with_borrow_mut(|lines| {
-        if !lines.is_empty() {
-            let _ = std::io::stderr().write_all(lines);
-            lines.clear();
+    let _ = LINES.try_with(|lines| {
+        if let Ok(mut lines) = lines.try_borrow_mut() {
+            if !lines.is_empty() {
+                let _ = std::io::stderr().write_all(&lines);
+                lines.clear();
+            }
         }
     });
 }
@@ -424,6 +436,17 @@ mod tests {
         assert!(!text.chars().any(char::is_control), "{text}");
         let back: String = serde_json::from_str(&text).unwrap();
         assert_eq!(back, "/a\"b\\c\nd\x1b\u{7f}\u{9b}é");
+    }
+
+    #[test]
+    fn a_line_made_while_another_is_being_made_goes_out_on_its_own() {
+        // What a panic inside a line's making would do through the panic hook: before, the
+        // buffer's second borrow panicked inside the hook, which aborts the process.
+        gather(|outer| {
+            gather(|inner| inner.extend_from_slice(b"inner line\n"));
+            outer.extend_from_slice(b"outer line\n");
+        });
+        flush();
     }
 
     #[test]
