@@ -324,6 +324,38 @@ fn users_list_shows_what_is_there_and_no_secret() {
     assert!(run.stdout.contains("frank@example.com\t0"), "{run:?}");
 }
 
+#[test]
+fn check_counts_what_the_server_holds() {
+    let (server, db) = serving(&[]);
+    register(&server, "hal@example.com", "pw");
+    register(&server, "ivy@example.com", "pw");
+    log_in(&server, "hal@example.com", "pw");
+    let r = server.post("/reset_password", &[("email", "ivy@example.com")]);
+    let token = r.json["reset_token"].as_str().unwrap().to_owned();
+    let run = cli(&db, &["check"], "");
+    ok(&run, &[&token, "$2b$"]);
+    let integrity = if on_postgres() {
+        "integrity: not checked (PostgreSQL)"
+    } else {
+        "integrity: ok"
+    };
+    let expected = [
+        integrity,
+        "schema version: 1 (this binary's)",
+        "users: 2",
+        "live sessions: 1",
+        "reset tokens: 1",
+    ];
+    let lines: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert_eq!(lines, expected, "{run:?}");
+    assert!(run.stdout.starts_with("database: "), "{run:?}");
+    // Sessions idle past --session-idle are not live.
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = cli(&db, &["check", "--session-idle", "1"], "");
+    ok(&run, &[]);
+    assert!(run.stdout.contains("\nlive sessions: 0\n"), "{run:?}");
+}
+
 /// The pages `users list` reads (a thousand users each) join up: nobody twice, nobody missed.
 #[test]
 fn users_list_reads_past_a_page() {
