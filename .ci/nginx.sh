@@ -4,9 +4,10 @@
 # --secure-cookies), with a certificate from a throwaway CA. Through it over HTTPS: the whole
 # scenario (examples/main.rs, trusting that CA through AUTH_CA_CERT), the Secure cookie, the
 # HTTP-to-HTTPS redirect and HSTS, the login throttle keyed on the address nginx saw and not
-# on a forged X-Forwarded-For, metrics kept off the proxy, JSON 413 and 503 from nginx; the
-# README's online backup of the serving database, and its restore. And systemd-analyze
-# verifies the unit file.
+# on a forged X-Forwarded-For (and logged, in JSON, with the address nginx saw), metrics kept
+# off the proxy, JSON 413 and 503 from nginx; the README's online backup of the serving
+# database with `auth-service backup` under registration load, `auth-service check` of the
+# copy, and its restore. And systemd-analyze verifies the unit file.
 #
 # Everything listens on 127.0.0.1 only, in a temporary directory removed on exit.
 # Called from .ci/run; runs on its own too (bash .ci/nginx.sh).
@@ -20,9 +21,9 @@ fail() {
 }
 
 missing=
-for tool in nginx openssl curl sqlite3; do command -v "$tool" >/dev/null || missing=1; done
+for tool in nginx openssl curl; do command -v "$tool" >/dev/null || missing=1; done
 if [ -n "$missing" ]; then
-    step "apt-get install nginx openssl curl sqlite3"
+    step "apt-get install nginx openssl curl"
     # Install without starting Debian's own nginx on port 80 (policy-rc.d 101: do not start).
     made_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -32,7 +33,7 @@ if [ -n "$missing" ]; then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        nginx openssl curl sqlite3 >/dev/null
+        nginx openssl curl >/dev/null
     if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 nginx -v
@@ -87,11 +88,11 @@ openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" \
     -CAcreateserial -days 2 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>/dev/null
 openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem"
 
-step "auth-service --trust-proxy --secure-cookies on 127.0.0.1"
+step "auth-service --trust-proxy --secure-cookies --log-format json on 127.0.0.1"
 # As the unit runs it, but for a cheap bcrypt and a throttle that trips after 3 failures.
-target/release/auth-service --bind 127.0.0.1:0 --db "$tmp/auth.db" --trust-proxy \
-    --secure-cookies --metrics --bcrypt-cost 4 --max-login-failures 3 \
-    2>"$tmp/service.log" &
+export AUTH_DB="$tmp/auth.db"
+target/release/auth-service --bind 127.0.0.1:0 --trust-proxy --secure-cookies --metrics \
+    --log-format json --bcrypt-cost 4 --max-login-failures 3 2>"$tmp/service.log" &
 service_pid=$!
 service_addr=
 for _ in $(seq 100); do
@@ -217,6 +218,14 @@ has_header '^retry-after: [1-9][0-9]*$' "the 429"
 # would be nginx's 127.0.0.1, and share one count).
 request 127.0.0.3 "$base/sessions" -d email=throttle@example.com -d password=right
 expect 200 "the right password from 127.0.0.3"
+# The log names the address nginx saw, never a forged one: what fail2ban will ban.
+failed=$(grep -cF '"event":"login_failed","addr":"127.0.0.2"}' "$tmp/service.log" || true)
+[ "$failed" = 3 ] || fail "the log has $failed login_failed events from 127.0.0.2, not 3"
+if grep -q '"addr":"\(203\.0\.113\|198\.51\.100\)\.' "$tmp/service.log"; then
+    fail "a forged X-Forwarded-For address reached the log"
+fi
+grep -qF '"event":"login_throttled","addr":"127.0.0.2"}' "$tmp/service.log" \
+    || fail "the log has no login_throttled event from 127.0.0.2"
 echo "ok"
 
 step "metrics stay off the proxy; bodies are bounded with JSON answers"
@@ -237,9 +246,51 @@ expect 413 "a 300 KB body (nginx's limit)"
 [ "$body" = '{"message":"request body is too large"}' ] || fail "nginx's 413 body $body"
 echo "ok"
 
-step "an online backup while the service runs (README, Backups)"
-sqlite3 "$tmp/auth.db" ".timeout 5000" ".backup $tmp/backup.db"
-[ "$(sqlite3 "$tmp/backup.db" "PRAGMA integrity_check")" = ok ] || fail "the backup is not intact"
+step "auth-service backup while registrations pour in through nginx (README, Backups)"
+# Four clients register through nginx, each from an address of its own and at most 25 times
+# (within any per-address limit on registrations), writing down each one acknowledged. The
+# backup is taken once 20 are in, while they carry on.
+register_load() { # client number
+    local n email status
+    for n in $(seq 25); do
+        [ -e "$tmp/stop-load" ] && return
+        email="load-$1-$n@example.com"
+        status=$(curl -sS --cacert "$tmp/ca.pem" --interface "127.0.1.$1" -o /dev/null \
+            -w '%{http_code}' "$base/users" -d "email=$email" -d password=pw) || continue
+        if [ "$status" = 200 ]; then echo "$email" >>"$tmp/acked-$1"; fi
+    done
+}
+acked() { cat "$tmp"/acked-* 2>/dev/null | sort; }
+load_pids=()
+for client in 1 2 3 4; do
+    register_load "$client" &
+    load_pids+=($!)
+done
+for _ in $(seq 200); do
+    [ "$(acked | wc -l)" -ge 20 ] && break
+    sleep 0.05
+done
+acked >"$tmp/acked-before"
+[ "$(wc -l <"$tmp/acked-before")" -ge 20 ] || fail "the registrations did not get going"
+target/release/auth-service backup "$tmp/backup.db"
+acked >"$tmp/acked-at-end"
+touch "$tmp/stop-load"
+wait "${load_pids[@]}"
+echo "$(wc -l <"$tmp/acked-before") registrations acknowledged before the backup," \
+    "$(wc -l <"$tmp/acked-at-end") by its end, $(acked | wc -l) in all"
+[ "$(acked | wc -l)" -gt "$(wc -l <"$tmp/acked-before")" ] \
+    || fail "no registration was acknowledged once the backup had started"
+if target/release/auth-service backup "$tmp/backup.db" 2>"$tmp/refused"; then
+    fail "a second backup overwrote the first"
+fi
+grep -q "already exists; not overwritten" "$tmp/refused" || fail "$(cat "$tmp/refused")"
+
+step "auth-service check on the copy: intact, and every acknowledged user in it"
+target/release/auth-service check "$tmp/backup.db" | tee "$tmp/check"
+grep -qx "integrity: ok" "$tmp/check" || fail "the backup is not intact"
+target/release/auth-service users list --db "$tmp/backup.db" | cut -f 2 | sort >"$tmp/in-backup"
+missing_users=$(comm -23 "$tmp/acked-before" "$tmp/in-backup")
+[ -z "$missing_users" ] || fail "acknowledged before the backup, missing from it: $missing_users"
 request 127.0.0.1 "$base/users" -d email=after-backup@example.com -d password=pw2
 expect 200 "register after the backup"
 echo "ok"
@@ -257,9 +308,11 @@ echo "ok"
 step "restore the backup (README, Backups) and serve it again"
 cp "$tmp/backup.db" "$tmp/auth.db"
 rm -f "$tmp/auth.db-wal" "$tmp/auth.db-shm"
+target/release/auth-service check | tee "$tmp/check"
+grep -qx "integrity: ok" "$tmp/check" || fail "the restored database is not intact"
 # On the same port, so nginx finds it again.
-target/release/auth-service --bind "$service_addr" --db "$tmp/auth.db" --trust-proxy \
-    --secure-cookies --bcrypt-cost 4 2>"$tmp/service2.log" &
+target/release/auth-service --bind "$service_addr" --trust-proxy --secure-cookies \
+    --bcrypt-cost 4 2>"$tmp/service2.log" &
 service_pid=$!
 for _ in $(seq 100); do
     grep -q "listening on" "$tmp/service2.log" && break
@@ -270,7 +323,22 @@ request 127.0.0.1 "$base/sessions" -d email=cookie@example.com -d password=pw1
 expect 200 "a user from before the backup logs in"
 request 127.0.0.1 "$base/sessions" -d email=after-backup@example.com -d password=pw2
 expect 401 "a user registered after the backup is gone"
+request 127.0.0.1 "$base/sessions" -d "email=$(tail -n 1 "$tmp/acked-before")" -d password=pw
+expect 200 "a user acknowledged under load before the backup logs in"
 echo "ok"
+
+step "every line the service wrote with --log-format json is JSON"
+if command -v python3 >/dev/null; then
+    python3 -c '
+import json, sys
+for n, line in enumerate(open(sys.argv[1]), 1):
+    if not isinstance(json.loads(line), dict):
+        sys.exit("line %d is not a JSON object: %s" % (n, line))
+' "$tmp/service.log" || fail "the JSON log has a line that is not JSON"
+    echo "ok: $(wc -l <"$tmp/service.log") lines"
+else
+    echo "python3 is not installed: skipped"
+fi
 
 echo
 echo "nginx: all checks passed"

@@ -77,13 +77,13 @@ timeout 900 "$venv/bin/schemathesis" --config-file "$tmp/schemathesis.toml" \
 
 cases=$(sed -n 's/^ *\([0-9][0-9]*\) generated.*/\1/p' "$tmp/out.txt" | tail -n 1)
 echo "schemathesis: ${cases:-?} test cases, seed $SEED, $EXAMPLES examples per operation"
-# The access log: method, path, status, milliseconds. No 5xx of any kind.
-if grep -Eq '^(error: | *[A-Z]+ .* 5[0-9][0-9] [0-9.]+ms$)' "$tmp/server.log"; then
+# The access log: method, path, status, milliseconds, client address. No 5xx of any kind.
+if grep -Eq '^(error: | *[A-Z]+ .* 5[0-9][0-9] [0-9.]+ms [0-9a-f.:]+$)' "$tmp/server.log"; then
     echo "the server answered 5xx or logged internal errors:"
-    grep -E '^(error: | *[A-Z]+ .* 5[0-9][0-9] [0-9.]+ms$)' "$tmp/server.log" | head -n 20
+    grep -E '^(error: | *[A-Z]+ .* 5[0-9][0-9] [0-9.]+ms [0-9a-f.:]+$)' "$tmp/server.log" | head -n 20
     status=1
 fi
-echo "requests answered: $(grep -Ec ' [0-9]{3} [0-9.]+ms$' "$tmp/server.log")"
+echo "requests answered: $(grep -Ec ' [0-9]{3} [0-9.]+ms [0-9a-f.:]+$' "$tmp/server.log")"
 if ! curl -fsS -m 5 "http://$addr/health" >/dev/null; then
     echo "the server no longer answers /health"
     tail -n 20 "$tmp/server.log"

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::auth::{Auth, AuthError, LiveSession, ResetDelivery};
 use crate::config::Config;
+use crate::log::{self, Event};
 use crate::metrics::Metrics;
 use crate::user::{ClientAddress, Email, InputError, Password};
 
@@ -276,9 +277,12 @@ fn users(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
     let password = form.password("password")?;
-    ctx.auth
+    let user = ctx
+        .auth
         .sign_up(client(ctx, rq), &email, &password)
+        .inspect_err(|e| limited(ctx, rq, e))
         .map_err(about("password"))?;
+    event(ctx, rq, Event::Registered, Some(user.id));
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "user created" }),
@@ -290,7 +294,12 @@ fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
     let password = form.password("password")?;
-    let session_id = ctx.auth.log_in(client(ctx, rq), &email, &password)?;
+    let login = ctx
+        .auth
+        .log_in(client(ctx, rq), &email, &password)
+        .inspect_err(|e| password_refused(ctx, rq, e, None))?;
+    event(ctx, rq, Event::LoginOk, Some(login.user_id));
+    let session_id = login.session_id;
     let max_age = ctx.config.policy.session_ttl;
     Ok(Reply::json(
         200,
@@ -303,12 +312,20 @@ fn login(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
 /// clearing the cookie, and go home; with `?scope=others`, end every other session.
 fn logout(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let live = live_session(ctx, rq)?;
+    let user = Some(live.user.id);
     let query = Form::parse(rq.query.unwrap_or_default().as_bytes())?;
     match query.get("scope") {
-        None => ctx.auth.log_out(&live)?,
-        Some("all") => drop(ctx.auth.end_all_sessions(&live)?),
+        None => {
+            ctx.auth.log_out(&live)?;
+            event(ctx, rq, Event::SessionEnded, user);
+        }
+        Some("all") => {
+            ctx.auth.end_all_sessions(&live)?;
+            event(ctx, rq, Event::SessionsRevoked, user);
+        }
         Some("others") => {
             let ended = ctx.auth.end_other_sessions(&live)?;
+            event(ctx, rq, Event::SessionsRevoked, user);
             let body = json!({ "ended": ended, "message": "other sessions ended" });
             return Ok(Reply::json(200, body));
         }
@@ -343,6 +360,7 @@ fn end_session(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let live = live_session(ctx, rq)?;
     let handle = rq.path.rsplit('/').next().unwrap_or_default();
     ctx.auth.end_session(&live, handle)?;
+    event(ctx, rq, Event::SessionEnded, Some(live.user.id));
     Ok(Reply::json(200, json!({ "message": "session ended" })))
 }
 
@@ -357,7 +375,11 @@ fn delete_profile(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError
     let live = live_session(ctx, rq)?;
     let form = Form::parse(rq.body)?;
     let password = form.password("password")?;
-    ctx.auth.delete_account(client(ctx, rq), &live, &password)?;
+    let user = Some(live.user.id);
+    ctx.auth
+        .delete_account(client(ctx, rq), &live, &password)
+        .inspect_err(|e| password_refused(ctx, rq, e, user))?;
+    event(ctx, rq, Event::UserDeleted, user);
     Ok(Reply::json(
         200,
         json!({ "email": live.user.email, "message": "user deleted" }),
@@ -371,9 +393,12 @@ fn change_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
     let form = Form::parse(rq.body)?;
     let current = form.password("password")?;
     let new = form.password("new_password")?;
+    let user = Some(live.user.id);
     ctx.auth
         .change_password(client(ctx, rq), &live, &current, &new)
+        .inspect_err(|e| password_refused(ctx, rq, e, user))
         .map_err(about("new_password"))?;
+    event(ctx, rq, Event::PasswordChanged, user);
     Ok(Reply::json(
         200,
         json!({ "email": live.user.email, "message": "Password updated" }),
@@ -384,10 +409,15 @@ fn change_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
 fn get_reset_password_token(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppError> {
     let form = Form::parse(rq.body)?;
     let email = form.email("email")?;
-    let body = match ctx.auth.request_password_reset(client(ctx, rq), &email)? {
+    let requested = ctx
+        .auth
+        .request_password_reset(client(ctx, rq), &email)
+        .inspect_err(|e| limited(ctx, rq, e))?;
+    let body = match requested {
         ResetDelivery::Token(token) => json!({ "email": email.as_str(), "reset_token": token }),
         ResetDelivery::Sent => json!({ "email": email.as_str(), "message": "reset token sent" }),
     };
+    event(ctx, rq, Event::ResetRequested, user_id(ctx, &email));
     Ok(Reply::json(200, body))
 }
 
@@ -397,9 +427,11 @@ fn update_password(ctx: &Context<'_>, rq: &Request<'_>) -> Result<Reply, AppErro
     let email = form.email("email")?;
     let token = form.required("reset_token")?;
     let password = form.password("new_password")?;
-    ctx.auth
+    let user_id = ctx
+        .auth
         .update_password_for(&email, token, &password)
         .map_err(about("new_password"))?;
+    event(ctx, rq, Event::ResetCompleted, Some(user_id));
     Ok(Reply::json(
         200,
         json!({ "email": email.as_str(), "message": "Password updated" }),
@@ -490,6 +522,34 @@ pub fn client_address(ctx: &Context<'_>, rq: &Request<'_>) -> IpAddr {
         .and_then(|xff| xff.rsplit(',').next())
         .and_then(|hop| hop.trim().parse().ok())
         .unwrap_or(rq.peer)
+}
+
+/// Logs security event `event` of this request, from the client's address (SPEC section 10).
+fn event(ctx: &Context<'_>, rq: &Request<'_>, event: Event, user_id: Option<i64>) {
+    log::event(event, user_id, client_address(ctx, rq));
+}
+
+/// The event of a password that was refused (at login, or when a session confirms its own),
+/// for fail2ban and the audit: a failure, or a throttled attempt.
+fn password_refused(ctx: &Context<'_>, rq: &Request<'_>, e: &AuthError, user_id: Option<i64>) {
+    match e {
+        AuthError::InvalidLogin => event(ctx, rq, Event::LoginFailed, user_id),
+        AuthError::Throttled { .. } => event(ctx, rq, Event::LoginThrottled, user_id),
+        _ => {}
+    }
+}
+
+/// The event of a request an abuse limit refused.
+fn limited(ctx: &Context<'_>, rq: &Request<'_>, e: &AuthError) {
+    if let AuthError::RateLimited { .. } = e {
+        event(ctx, rq, Event::RateLimited, None);
+    }
+}
+
+/// The id of `email`'s user, for an event line after `Auth` has said yes without naming
+/// them; `None` (the line goes out without it) when the lookup fails or the user is gone.
+fn user_id(ctx: &Context<'_>, email: &Email) -> Option<i64> {
+    ctx.auth.find_user(email).ok().flatten().map(|user| user.id)
 }
 
 /// A decoded `application/x-www-form-urlencoded` body. Percent-escapes must decode to UTF-8:

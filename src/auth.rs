@@ -248,7 +248,7 @@ impl Auth {
         self.check_new_password(password)?;
         // Checked first so a taken address costs no bcrypt; the unique constraint below still
         // decides between two racing registrations.
-        if self.find_by_email(email)?.is_some() {
+        if self.find_user(email)?.is_some() {
             return Err(AuthError::UserExists(email.to_string()));
         }
         let hashed = self.hash_password(password)?;
@@ -276,7 +276,7 @@ impl Auth {
     /// Starts one more session for `email` and returns its id (only its digest is stored).
     /// Past `--max-sessions`, the user's least recently used session ends.
     pub fn create_session(&self, email: &Email) -> Result<String, AuthError> {
-        let user = self.find_by_email(email)?.ok_or(AuthError::UnknownUser)?;
+        let user = self.find_user(email)?.ok_or(AuthError::UnknownUser)?;
         self.start_session(&user, &user.hashed_password)?
             .ok_or(AuthError::InvalidLogin)
     }
@@ -299,13 +299,13 @@ impl Auth {
     /// A new reset token for `email`, replacing any earlier one; its digest is stored with an
     /// expiry. [`AuthError::UnknownUser`] for an unknown email.
     pub fn get_reset_password_token(&self, email: &Email) -> Result<String, AuthError> {
-        let user = self.find_by_email(email)?.ok_or(AuthError::UnknownUser)?;
+        let user = self.find_user(email)?.ok_or(AuthError::UnknownUser)?;
         self.new_reset_token(&user)
     }
 
     /// Sets a new password with a reset token (the reference's signature: any user's token).
     pub fn update_password(&self, reset_token: &str, password: &Password) -> Result<(), AuthError> {
-        self.reset_password(None, reset_token, password)
+        self.reset_password(None, reset_token, password).map(drop)
     }
 
     // --- The service's: registration, login and sessions ---------------------------------
@@ -340,7 +340,7 @@ impl Auth {
         client: ClientAddress,
         email: &Email,
         password: &Password,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Login, AuthError> {
         let attempt = self.password_attempt(client, email.as_str())?;
         let Some(user) = self.check_password(email, password)? else {
             self.shared.metrics.login(LoginOutcome::Failed);
@@ -358,7 +358,10 @@ impl Auth {
         };
         self.attempt_succeeded(&attempt)?;
         self.shared.metrics.login(LoginOutcome::Ok);
-        Ok(session_id)
+        Ok(Login {
+            session_id,
+            user_id: user.id,
+        })
     }
 
     /// The live session whose id this is, its idle clock refreshed (at most about once a
@@ -373,16 +376,15 @@ impl Auth {
             return Ok(None);
         };
         let now = now_millis();
-        let policy = self.policy();
-        let idle = policy.session_idle.saturating_mul(1000);
-        let expired = now >= session.created_at.saturating_add(policy.session_ttl * 1000)
-            || now >= session.seen_at.saturating_add(idle);
-        if expired {
+        if !self.is_live(&session, now) {
             if self.db.end_session(&digest)? {
                 self.shared.metrics.session_ended(SessionEnd::Expired, 1);
             }
             return Ok(None);
         }
+        // The idle clock is written back at most every quarter of the idle time (and every
+        // minute at most), so an idle session may end up to that much early.
+        let idle = self.policy().session_idle.saturating_mul(1000);
         if now - session.seen_at >= (idle / 4).min(60_000) {
             self.db.touch_session(&digest, now)?;
         }
@@ -520,7 +522,7 @@ impl Auth {
             return Ok(ResetDelivery::Token(token));
         };
         let slot = deliveries.reserve().ok_or(AuthError::DeliveryQueueFull)?;
-        if let Some(user) = self.find_by_email(email)? {
+        if let Some(user) = self.find_user(email)? {
             let token = self.new_reset_token(&user)?;
             self.shared.metrics.reset_requested();
             slot.send(email, token);
@@ -529,17 +531,98 @@ impl Auth {
     }
 
     /// Sets a new password with a reset token that must belong to `email`. The token is spent
-    /// and, unless `--reset-keeps-sessions`, every session of the user ends.
+    /// and, unless `--reset-keeps-sessions`, every session of the user ends. The user's id.
     pub fn update_password_for(
         &self,
         email: &Email,
         reset_token: &str,
         password: &Password,
-    ) -> Result<(), AuthError> {
+    ) -> Result<i64, AuthError> {
         self.reset_password(Some(email), reset_token, password)
     }
 
+    // --- The operator's commands (`auth-service users ...`, src/cli.rs) -------------------
+    //
+    // Each is a few statements, safe beside a running server: what they change, its workers
+    // read on their next request.
+
+    /// Up to `limit` users with an id above `after`, in id order, as an operator may see
+    /// them: no hash, no token, and how many live sessions each holds.
+    pub fn list_users(&self, after: i64, limit: usize) -> Result<Vec<Listed>, AuthError> {
+        let now = now_millis();
+        self.db
+            .list_users(after, limit)?
+            .into_iter()
+            .map(|user| {
+                Ok(Listed {
+                    sessions: self.live_sessions(user.id, now)?,
+                    id: user.id,
+                    email: user.email,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets `email`'s password without a reset token (an operator's reset): every session of
+    /// the user ends and any reset token is spent, so that only the new password opens the
+    /// account. [`AuthError::UnknownUser`] when there is no such user.
+    pub fn set_password(&self, email: &Email, password: &Password) -> Result<User, AuthError> {
+        self.check_new_password(password)?;
+        let user = self.find_user(email)?.ok_or(AuthError::UnknownUser)?;
+        let hashed_password = self.hash_password(password)?;
+        let changed = self.db.replace_password(
+            user.id,
+            IfStill::Always,
+            &hashed_password,
+            EndSessions::All,
+        )?;
+        // Deleted while bcrypt ran.
+        if !changed {
+            return Err(AuthError::UnknownUser);
+        }
+        Ok(user)
+    }
+
+    /// Ends every session of `email`'s user; the user, and how many of the sessions ended
+    /// were live.
+    pub fn end_sessions(&self, email: &Email) -> Result<(User, usize), AuthError> {
+        let user = self.find_user(email)?.ok_or(AuthError::UnknownUser)?;
+        let live = self.live_sessions(user.id, now_millis())?;
+        self.db.end_sessions(user.id, None)?;
+        Ok((user, live))
+    }
+
+    /// Deletes `email`'s user, and with them their sessions and reset token; the email can
+    /// register again. The user as they were.
+    pub fn delete_user(&self, email: &Email) -> Result<User, AuthError> {
+        let user = self.find_user(email)?.ok_or(AuthError::UnknownUser)?;
+        if !self.db.delete_user(user.id)? {
+            return Err(AuthError::UnknownUser);
+        }
+        self.shared.metrics.user_deleted();
+        Ok(user)
+    }
+
+    /// How many of `user_id`'s sessions are live at `now`.
+    fn live_sessions(&self, user_id: i64, now: i64) -> Result<usize, AuthError> {
+        let sessions = self.db.sessions(user_id)?;
+        Ok(sessions.iter().filter(|s| self.is_live(s, now)).count())
+    }
+
     // --- How ---------------------------------------------------------------------------------
+
+    /// Whether `session` is live at `now` (Unix milliseconds): not past `--session-ttl` since
+    /// it began, nor `--session-idle` since it was last used.
+    fn is_live(&self, session: &Session, now: i64) -> bool {
+        let policy = self.policy();
+        now < session
+            .created_at
+            .saturating_add(policy.session_ttl.saturating_mul(1000))
+            && now
+                < session
+                    .seen_at
+                    .saturating_add(policy.session_idle.saturating_mul(1000))
+    }
 
     /// A password being set (at registration or reset) must be `--min-password-length`
     /// characters long; one offered at login need not, so that raising the minimum locks
@@ -552,7 +635,8 @@ impl Auth {
         Ok(())
     }
 
-    fn find_by_email(&self, email: &Email) -> Result<Option<User>, AuthError> {
+    /// The user with `email` (in any ASCII case), if there is one.
+    pub fn find_user(&self, email: &Email) -> Result<Option<User>, AuthError> {
         Ok(self.db.find_user(&[("email", email.as_str().into())])?)
     }
 
@@ -563,7 +647,7 @@ impl Auth {
         email: &Email,
         password: &Password,
     ) -> Result<Option<User>, AuthError> {
-        let user = self.find_by_email(email)?;
+        let user = self.find_user(email)?;
         let hash = user
             .as_ref()
             .map_or(self.shared.dummy_hash.as_str(), |u| &u.hashed_password);
@@ -748,7 +832,7 @@ impl Auth {
         email: Option<&Email>,
         reset_token: &str,
         password: &Password,
-    ) -> Result<(), AuthError> {
+    ) -> Result<i64, AuthError> {
         self.check_new_password(password)?;
         if reset_token.is_empty() {
             return Err(AuthError::InvalidToken);
@@ -780,7 +864,7 @@ impl Auth {
             return Err(AuthError::InvalidToken);
         }
         self.shared.metrics.reset_completed();
-        Ok(())
+        Ok(user.id)
     }
 }
 
@@ -788,6 +872,22 @@ impl Auth {
 struct PasswordAttempt {
     pair: String,
     address: String,
+}
+
+/// A login that succeeded: the new session's id, and whose it is.
+#[derive(Debug)]
+pub struct Login {
+    pub session_id: String,
+    pub user_id: i64,
+}
+
+/// A user as `auth-service users list` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub id: i64,
+    pub email: String,
+    /// Live sessions.
+    pub sessions: usize,
 }
 
 /// SHA-256 of a token, as lowercase hex: what the database holds instead of the token.

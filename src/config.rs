@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Policy;
+use crate::log;
 
 /// The running service's settings.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Time in-flight requests get after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    pub log_format: log::Format,
     pub policy: Policy,
 }
 
@@ -56,6 +58,7 @@ fn placeholder() -> Config {
         max_connections: 0,
         header_timeout: Duration::ZERO,
         shutdown_grace: Duration::ZERO,
+        log_format: log::Format::Text,
         // Not `Policy::default()`: that is built from here.
         policy: Policy {
             bcrypt_cost: 0,
@@ -358,39 +361,77 @@ const FLAGS: &[Flag] = &[
         help: "time in-flight requests get after SIGTERM",
         set: |c, v| number(v, 0, 3600).map(|n| c.shutdown_grace = Duration::from_secs(n)),
     },
+    Flag {
+        name: "log-format",
+        value: Some("FMT"),
+        default: Initial::Text("text"),
+        help: "text, or json: one JSON object a line, for log shippers and fail2ban",
+        set: |c, v| log::Format::parse(v).map(|f| c.log_format = f),
+    },
 ];
 
 /// The `--help` text.
 pub fn help() -> String {
+    help_page("usage: auth-service [FLAGS]", None)
+}
+
+/// A `--help` page: the version line, `usage` (one or more lines), and the flags `names`
+/// lists (every flag, and `--version`, when `None`).
+pub fn help_page(usage: &str, names: Option<&[&str]>) -> String {
+    let listed: Vec<&Flag> = FLAGS
+        .iter()
+        .filter(|f| names.is_none_or(|names| names.contains(&f.name)))
+        .collect();
+    let first = listed.first().map_or("db", |f| f.name);
     let mut out = format!(
         "auth-service {}: user registration, login sessions and password resets over HTTP\n\n\
-         usage: auth-service [FLAGS]\n\n\
-         Each flag also reads AUTH_<NAME> (for --bind, AUTH_BIND); a flag beats its variable.\n\
-         Switches read 1, true, yes or on (0, false, no, off) from their variable.\n\nflags:\n",
-        env!("CARGO_PKG_VERSION")
+         {usage}\n\n\
+         Each flag also reads AUTH_<NAME> (for --{first}, {}); a flag beats its variable.\n",
+        env!("CARGO_PKG_VERSION"),
+        env_name(first),
     );
+    if listed.iter().any(|f| f.value.is_none()) {
+        out.push_str("Switches read 1, true, yes or on (0, false, no, off) from their variable.\n");
+    }
+    out.push_str("\nflags:\n");
     let left = |flag: &Flag| match flag.value {
         Some(v) => format!("--{} {v}", flag.name),
         None => format!("--{}", flag.name),
     };
     // Meanings start in one column, three spaces past the longest flag.
-    let width = FLAGS.iter().map(|f| left(f).len() + 4).max().unwrap_or(0);
-    for flag in FLAGS {
+    let width = listed.iter().map(|f| left(f).len() + 4).max().unwrap_or(0);
+    let width = width.max("--version".len() + 4);
+    for flag in listed {
         let left = left(flag);
         let (help, default) = (flag.help, flag.default.shown());
         out.push_str(&format!("  {left:<width$}{help} [default: {default}]\n"));
     }
     out.push_str(&format!("  {:<width$}print this and exit\n", "--help"));
-    out.push_str(&format!(
-        "  {:<width$}print the version and exit\n",
-        "--version"
-    ));
+    if names.is_none() {
+        out.push_str(&format!(
+            "  {:<width$}print the version and exit\n",
+            "--version"
+        ));
+    }
     out
 }
 
 /// The variable behind a flag: `bcrypt-cost` reads `AUTH_BCRYPT_COST`.
 pub fn env_name(flag: &str) -> String {
     format!("AUTH_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// What a subcommand's command line asks for (see [`Config::parse_for`]).
+#[derive(Debug)]
+pub enum Parsed {
+    /// `--help` or `-h`.
+    Help,
+    /// The settings its flags (or their variables, or the defaults) make, and its operands
+    /// (the arguments that are not flags) in order.
+    Run {
+        config: Box<Config>,
+        operands: Vec<String>,
+    },
 }
 
 impl Config {
@@ -404,54 +445,136 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut given: Vec<(&'static Flag, String)> = Vec::new();
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--help" | "-h" => return Ok(Command::Help),
-                "--version" | "-V" => return Ok(Command::Version),
-                _ => {}
-            }
-            let (name, inline) = match arg.strip_prefix("--") {
-                Some(rest) => match rest.split_once('=') {
-                    Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
-                    None => (rest.to_owned(), None),
-                },
-                None => return Err(ConfigError::UnknownFlag(arg)),
-            };
-            let flag = FLAGS
-                .iter()
-                .find(|f| f.name == name)
-                .ok_or_else(|| ConfigError::UnknownFlag(arg.clone()))?;
-            let value = match (flag.value, inline) {
-                (Some(_), Some(v)) => v,
-                (Some(_), None) => args.next().ok_or(ConfigError::MissingValue(flag.name))?,
-                (None, Some(_)) => return Err(ConfigError::UnexpectedValue(flag.name)),
-                // A switch given on the command line is on.
-                (None, None) => "on".to_owned(),
-            };
-            given.push((flag, value));
-        }
-
-        let mut config = Config::default();
-        for flag in FLAGS {
-            // The last occurrence of a flag wins, as with most command lines.
-            let from_args = given.iter().rev().find(|(f, _)| f.name == flag.name);
-            let (value, source) = match from_args {
-                Some((_, value)) => (value.clone(), "the command line"),
-                None => match env(&env_name(flag.name)) {
-                    Some(v) => (v, "the environment"),
-                    None => continue,
-                },
-            };
-            (flag.set)(&mut config, &value).map_err(|why| ConfigError::BadValue {
-                flag: flag.name,
-                source,
-                why,
-            })?;
-        }
+        let every = |_: &Flag| true;
+        let given = match scan(args, every, false)? {
+            Scanned::Help => return Ok(Command::Help),
+            Scanned::Version => return Ok(Command::Version),
+            Scanned::Flags { given, .. } => given,
+        };
+        let config = apply(&given, env, every)?;
         Ok(Command::Run(Box::new(config)))
     }
+
+    /// Parses a subcommand's `args` (after its name) as [`Config::parse`] does, but knowing
+    /// only the flags `names` lists and reading only their variables (so that a variable meant
+    /// for the server, and bad for it, cannot fail a command that does not use it), and taking
+    /// operands: any argument that is not a flag, and every argument after `--`.
+    pub fn parse_for<I, S>(
+        args: I,
+        env: impl Fn(&str) -> Option<String>,
+        names: &[&str],
+    ) -> Result<Parsed, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let known = |f: &Flag| names.contains(&f.name);
+        let (given, operands) = match scan(args, known, true)? {
+            Scanned::Help => return Ok(Parsed::Help),
+            Scanned::Version => return Err(ConfigError::UnknownFlag("--version".into())),
+            Scanned::Flags { given, operands } => (given, operands),
+        };
+        let config = apply(&given, env, known)?;
+        Ok(Parsed::Run {
+            config: Box::new(config),
+            operands,
+        })
+    }
+}
+
+/// A command line read, before any value is checked.
+enum Scanned {
+    Help,
+    Version,
+    /// Each flag given with its value (`on` for a switch), and the operands.
+    Flags {
+        given: Vec<(&'static Flag, String)>,
+        operands: Vec<String>,
+    },
+}
+
+/// Reads `args` into the flags `known` accepts and, with `operands`, the operands.
+fn scan<I, S>(
+    args: I,
+    known: impl Fn(&Flag) -> bool,
+    operands: bool,
+) -> Result<Scanned, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut given: Vec<(&'static Flag, String)> = Vec::new();
+    let mut found = Vec::new();
+    let mut args = args.into_iter().map(Into::into);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--help" | "-h" => return Ok(Scanned::Help),
+            "--version" | "-V" => return Ok(Scanned::Version),
+            "--" if operands => {
+                found.extend(args.by_ref());
+                break;
+            }
+            _ => {}
+        }
+        let (name, inline) = match arg.strip_prefix("--") {
+            Some(rest) => match rest.split_once('=') {
+                Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
+                None => (rest.to_owned(), None),
+            },
+            None if operands => {
+                found.push(arg);
+                continue;
+            }
+            None => return Err(ConfigError::UnknownFlag(arg)),
+        };
+        let flag = FLAGS
+            .iter()
+            .find(|f| f.name == name && known(f))
+            .ok_or_else(|| ConfigError::UnknownFlag(arg.clone()))?;
+        let value = match (flag.value, inline) {
+            (Some(_), Some(v)) => v,
+            (Some(_), None) => args.next().ok_or(ConfigError::MissingValue(flag.name))?,
+            (None, Some(_)) => return Err(ConfigError::UnexpectedValue(flag.name)),
+            // A switch given on the command line is on.
+            (None, None) => "on".to_owned(),
+        };
+        given.push((flag, value));
+    }
+    Ok(Scanned::Flags {
+        given,
+        operands: found,
+    })
+}
+
+/// The defaults, with each flag `known` accepts set from `given` or else from its variable.
+fn apply(
+    given: &[(&'static Flag, String)],
+    env: impl Fn(&str) -> Option<String>,
+    known: impl Fn(&Flag) -> bool,
+) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    for flag in FLAGS.iter().filter(|f| known(f)) {
+        // The last occurrence of a flag wins, as with most command lines.
+        let from_args = given.iter().rev().find(|(f, _)| f.name == flag.name);
+        let (value, source) = match from_args {
+            Some((_, value)) => (value.clone(), "the command line"),
+            None => match env(&env_name(flag.name)) {
+                Some(v) => (v, "the environment"),
+                None => continue,
+            },
+        };
+        (flag.set)(&mut config, &value).map_err(|why| ConfigError::BadValue {
+            flag: flag.name,
+            source,
+            why,
+        })?;
+    }
+    Ok(config)
+}
+
+/// Whether `name` is the name of a flag (without its dashes).
+pub fn is_flag(name: &str) -> bool {
+    FLAGS.iter().any(|f| f.name == name)
 }
 
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
@@ -545,6 +668,7 @@ mod tests {
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.log_format, log::Format::Text);
         assert_eq!(c.workers, default_workers());
         // The library's own default is the same one.
         assert_eq!(
@@ -568,6 +692,7 @@ mod tests {
             max_connections: 99_999,
             header_timeout: Duration::from_secs(99_999),
             shutdown_grace: Duration::from_secs(99_999),
+            log_format: log::Format::Json,
             policy: Policy {
                 bcrypt_cost: 99,
                 session_ttl: 99_999,
@@ -644,6 +769,7 @@ mod tests {
             let value = match flag.name {
                 "bind" => "127.0.0.1:0",
                 "db" | "reset-command" => "/tmp/x",
+                "log-format" => "json",
                 _ if flag.value.is_none() => "true",
                 _ => "7",
             };

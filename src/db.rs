@@ -356,6 +356,72 @@ impl Db {
     pub fn prune_counters(&self, now: i64) -> Result<usize, DbError> {
         on_store!(&self.store, s => s.prune_counters(now))
     }
+
+    // For the operator's commands (src/cli.rs).
+
+    /// Opens the store `path` names as it is, applying no schema step: a SQLite file must
+    /// already exist (a mistyped path is an error, not a new empty database). The operator's
+    /// commands open it so, to never migrate a database behind a running server's back, nor
+    /// change a backup they are asked to check.
+    pub fn open_existing(path: &Path) -> Result<Db, DbError> {
+        let store = match postgres_url(path) {
+            None => Store::Sqlite(sqlite::Sqlite::open_existing(path)?),
+            #[cfg(feature = "postgres")]
+            Some(url) => Store::Postgres(Box::new(postgres::Postgres::open_existing(url)?)),
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => return Db::open(path),
+        };
+        Ok(Db { store })
+    }
+
+    /// The schema version the database records (0 for one no auth-service has set up).
+    pub fn stored_schema_version(&self) -> Result<i64, DbError> {
+        on_store!(&self.store, s => s.stored_schema_version())
+    }
+
+    /// Up to `limit` users whose id is above `after`, in id order: a page of the whole list,
+    /// each its own short statement however many users there are.
+    pub fn list_users(&self, after: i64, limit: usize) -> Result<Vec<User>, DbError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        on_store!(&self.store, s => s.list_users(after, limit))
+    }
+
+    /// How many users, live sessions (created after `created_after` and last used after
+    /// `seen_after`, in Unix milliseconds) and reset tokens still valid at `now` (Unix
+    /// seconds) the database holds.
+    pub fn counts(&self, now: i64, created_after: i64, seen_after: i64) -> Result<Counts, DbError> {
+        on_store!(&self.store, s => s.counts(now, created_after, seen_after))
+    }
+
+    /// SQLite's `PRAGMA integrity_check`: `["ok"]`, or the problems it found. `None` on
+    /// PostgreSQL, which has no such check of its own.
+    pub fn integrity_check(&self) -> Result<Option<Vec<String>>, DbError> {
+        match &self.store {
+            Store::Sqlite(s) => s.integrity_check().map(Some),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// Copies the SQLite database into the empty file `to`, consistently, while others keep
+    /// writing (SQLite's online backup). On PostgreSQL, an error: `pg_dump` is the tool.
+    pub fn backup(&self, to: &Path) -> Result<(), DbError> {
+        match &self.store {
+            Store::Sqlite(s) => s.backup(to),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => Err(DbError::Storage(
+                "a PostgreSQL database is backed up with pg_dump".into(),
+            )),
+        }
+    }
+}
+
+/// What a database holds, as `auth-service check` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub users: i64,
+    pub live_sessions: i64,
+    pub reset_tokens: i64,
 }
 
 /// What [`Db::replace_password`] requires to still hold.
@@ -516,6 +582,11 @@ const COLUMNS: &[&str] = &[
 ];
 
 const SESSION_ID: &str = "session_id";
+
+/// Users as a list shows them (`Db::list_users`), in [`User`]'s field order, without the
+/// session they were not found through.
+const SELECT_USERS: &str =
+    "SELECT id, email, hashed_password, NULL, reset_token, reset_expires_at FROM users";
 
 /// The whitelisted constant for a caller's column name.
 fn column(name: &str) -> Result<&'static str, DbError> {

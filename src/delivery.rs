@@ -95,7 +95,7 @@ impl Deliveries {
             if let Err(why) = &outcome {
                 // The email and the token stay out of the log line; the command's own output
                 // goes where the server's does.
-                eprintln!("error: reset delivery failed: {why}");
+                crate::log::error(format_args!("reset delivery failed: {why}"));
             }
             self.metrics.reset_delivered(outcome.is_ok());
         }

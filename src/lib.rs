@@ -48,9 +48,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod log;
 pub mod metrics;
 pub mod server;
 pub mod slow_lane;

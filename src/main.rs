@@ -1,28 +1,19 @@
-//! The `auth-service` binary: flags and environment into a `Config`, then run.
+//! The `auth-service` binary: the command line into a `cli::Command` (serve, or an operator's
+//! command), then run it.
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use auth_service::config::{self, Command, Config};
+use auth_service::cli;
 
 fn main() -> ExitCode {
-    let command = match Config::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
-        Ok(command) => command,
+    let args = std::env::args().skip(1);
+    match cli::parse(args, |name| std::env::var(name).ok()) {
+        Ok(command) => cli::run(command),
         Err(e) => {
             eprintln!("auth-service: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match command {
-        Command::Help => print!("{}", config::help()),
-        Command::Version => println!("auth-service {}", env!("CARGO_PKG_VERSION")),
-        Command::Run(config) => {
-            if let Err(e) = auth_service::server::run(*config) {
-                eprintln!("auth-service: {e}");
-                return ExitCode::FAILURE;
-            }
+            ExitCode::from(2)
         }
     }
-    ExitCode::SUCCESS
 }

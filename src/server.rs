@@ -1,5 +1,6 @@
 //! The HTTP side: a tiny_http server shared by N worker threads, each with its own `Auth` and
-//! database connection; the bcrypt slow lane; the access log; graceful shutdown.
+//! database connection; the bcrypt slow lane; graceful shutdown. Its lines go through
+//! [`crate::log`].
 //!
 //! Only this module touches tiny_http. A connection's own thread (inside the vendored
 //! tiny_http) reads each request in full, within the bounds and deadlines of
@@ -22,6 +23,7 @@ use crate::app::{self, AppError, Context, Reply, Request};
 use crate::auth::{Auth, Shared};
 use crate::config::{self, Config};
 use crate::db::{Db, DbError};
+use crate::log;
 use crate::metrics::{Connections, Metrics};
 use crate::slow_lane::{self, SlowLane};
 use crate::user::ClientAddress;
@@ -144,6 +146,7 @@ impl Server {
 
     /// [`Server::start`] with another handler (tests use one that panics).
     pub fn start_with(config: Config, handler: Handler) -> Result<Server, ServerError> {
+        log::set_format(config.log_format);
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared::new(config.policy.clone(), Arc::clone(&metrics)));
         // One connection per worker and per slow-lane thread, opened before binding, so a bad
@@ -168,16 +171,15 @@ impl Server {
             fatal: Mutex::new(None),
         }));
 
-        eprintln!(
+        log::info(format_args!(
             "auth-service listening on http://{addr} (db {})",
             crate::db::display_location(&config.db)
-        );
+        ));
         if config.policy.reset_command.is_none() {
-            eprintln!(
-                "warning: POST /reset_password returns reset tokens in its response, as the \
-                 reference does; this is for development: set --reset-command to deliver them \
-                 out of band"
-            );
+            log::warning(format_args!(
+                "POST /reset_password returns reset tokens in its response, as the reference \
+                 does; this is for development: set --reset-command to deliver them out of band"
+            ));
         }
 
         let shutdown_grace = config.shutdown_grace;
@@ -291,13 +293,16 @@ pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])?;
+    log::report_panics_in_format();
     let server = Server::start(config)?;
     let stopper = server.stopper();
     let waiting = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                eprintln!("auth-service: signal {signal}, finishing in-flight requests");
+                log::info(format_args!(
+                    "auth-service: signal {signal}, finishing in-flight requests"
+                ));
                 stopper.stop();
             }
         });
@@ -356,7 +361,7 @@ fn worker_loop(ctx: &Context<'_>, handler: Handler, stopper: &Stopper, lane: &Sl
         let next = match http.try_recv() {
             Ok(Some(request)) => Ok(request),
             Ok(None) => {
-                access_log::flush();
+                log::flush();
                 http.recv()
             }
             Err(e) => Err(e),
@@ -364,13 +369,13 @@ fn worker_loop(ctx: &Context<'_>, handler: Handler, stopper: &Stopper, lane: &Sl
         match next {
             Ok(request) => dispatch(ctx, handler, request, lane),
             Err(_) if stopper.stopping() => {
-                access_log::flush();
+                log::flush();
                 return;
             }
             Err(e) => {
                 // tiny_http's accept loop has died; no request will come again. Stop the whole
                 // server so the process exits non-zero rather than idling forever.
-                eprintln!("auth-service: accepting failed: {e}");
+                log::error(format_args!("accepting failed: {e}"));
                 *stopper
                     .0
                     .fatal
@@ -396,7 +401,7 @@ fn lane_loop(ctx: &Context<'_>, handler: Handler, lane: &SlowLane<Job>) {
         let started = Instant::now();
         run_handler(ctx, handler, job);
         lane.record(started.elapsed());
-        access_log::flush();
+        log::flush();
     }
 }
 
@@ -506,61 +511,20 @@ fn run_handler(ctx: &Context<'_>, handler: Handler, mut job: Job) {
 /// Writes the reply, counts it, and writes the access-log line.
 fn send_reply(ctx: &Context<'_>, job: Job, reply: Reply) {
     let status = reply.status;
-    let method = printable(&job.method);
-    let path = printable(&job.path);
-    let failed = reply.log.is_some();
     if let Some(cause) = &reply.log {
-        access_log::line(format_args!("error: {method} {path} {status}: {cause}\n"));
+        log::request_error(&job.method, &job.path, status, cause);
     }
+    let client = app::client_address(ctx, &job.request(&[]));
     let _ = write_response(job.request, &reply);
     ctx.metrics
         .request_finished(app::route(&job.path).unwrap_or("other"), status);
-    access_log::line(format_args!(
-        "{method} {path} {status} {:.1}ms\n",
-        job.started.elapsed().as_secs_f64() * 1000.0
-    ));
-    if failed {
-        access_log::flush();
-    }
-}
-
-/// The access log: each thread gathers whole lines and writes them to stderr in one call,
-/// when it is about to wait for work or has gathered a few KiB. Under load that is one
-/// `write` for dozens of lines, where `eprintln!` made one for each piece of each line; with
-/// no queue, each line still goes out as soon as its response has.
-mod access_log {
-    use std::cell::RefCell;
-    use std::fmt;
-    use std::io::Write;
-
-    /// Below PIPE_BUF (4 KiB), so that one write of whole lines to a pipe is atomic and lines
-    /// of different threads never interleave.
-    const FLUSH_AT: usize = 3 * 1024;
-
-    thread_local! {
-        static LINES: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4 * 1024));
-    }
-
-    /// Adds a line (ending in a newline), writing the gathered ones when there are enough.
-    pub fn line(line: fmt::Arguments<'_>) {
-        let full = LINES.with_borrow_mut(|lines| {
-            let _ = lines.write_fmt(line);
-            lines.len() >= FLUSH_AT
-        });
-        if full {
-            flush();
-        }
-    }
-
-    /// Writes this thread's gathered lines.
-    pub fn flush() {
-        LINES.with_borrow_mut(|lines| {
-            if !lines.is_empty() {
-                let _ = std::io::stderr().write_all(lines);
-                lines.clear();
-            }
-        });
-    }
+    log::access(
+        &job.method,
+        &job.path,
+        status,
+        job.started.elapsed(),
+        client,
+    );
 }
 
 /// Writes `reply` as one HTTP response, head and body in a single buffer handed to tiny_http
@@ -643,22 +607,6 @@ mod http_date {
     }
 }
 
-/// The path for the log, with control characters escaped so a request cannot forge lines.
-fn printable(path: &str) -> String {
-    if !path.chars().any(char::is_control) {
-        return path.to_owned();
-    }
-    path.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,11 +621,5 @@ mod tests {
         let date = httpdate::parse_http_date(&text).unwrap();
         let skew = std::time::SystemTime::now().duration_since(date).unwrap();
         assert!(skew < Duration::from_secs(2), "{text}");
-    }
-
-    #[test]
-    fn printable_escapes_control_characters_only() {
-        assert_eq!(printable("/profile"), "/profile");
-        assert_eq!(printable("/a\nb"), "/a\\nb");
     }
 }

@@ -181,13 +181,13 @@ fn the_startup_line_shows_the_real_port() {
 }
 
 /// The access-log lines in `output`, as (method, path, status); panics on a line that looks
-/// like one but has no duration in milliseconds.
+/// like one but has no duration in milliseconds or no client address.
 fn access_lines(output: &str) -> Vec<(String, String, u16)> {
     output
         .lines()
         .filter_map(|line| {
             let parts: Vec<&str> = line.split(' ').collect();
-            let [method, path, status, ms] = parts[..] else {
+            let [method, path, status, ms, addr] = parts[..] else {
                 return None;
             };
             if !method.chars().all(|c| c.is_ascii_uppercase()) || !path.starts_with('/') {
@@ -196,7 +196,12 @@ fn access_lines(output: &str) -> Vec<(String, String, u16)> {
             let millis = ms.strip_suffix("ms").and_then(|n| n.parse::<f64>().ok());
             assert!(
                 millis.is_some_and(|n| n >= 0.0),
-                "{line:?} ends in milliseconds"
+                "{line:?} has milliseconds"
+            );
+            assert_eq!(
+                addr.parse::<std::net::IpAddr>().ok(),
+                Some([127, 0, 0, 1].into()),
+                "{line:?} ends in the client's address"
             );
             Some((method.to_owned(), path.to_owned(), status.parse().ok()?))
         })

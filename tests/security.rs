@@ -33,6 +33,8 @@ struct Watched {
     server: ChildServer,
     secrets: RefCell<Vec<String>>,
     checked: bool,
+    /// Whether it logs with `--log-format json`.
+    json: bool,
 }
 
 impl std::ops::Deref for Watched {
@@ -48,6 +50,7 @@ impl Watched {
             server: ChildServer::start(args),
             secrets: RefCell::new(Vec::new()),
             checked: false,
+            json: args.windows(2).any(|w| w == ["--log-format", "json"]),
         }
     }
 
@@ -114,8 +117,13 @@ impl Watched {
     fn stop(&mut self) -> String {
         let output = self.server.stop_and_collect();
         self.checked = true;
+        let access = if self.json {
+            "\"addr\":\"127.0.0."
+        } else {
+            "ms 127.0.0."
+        };
         assert!(
-            output.contains("listening on http://") && output.contains("ms\n"),
+            output.contains("listening on http://") && output.contains(access),
             "the server's output, with its access log, was captured:\n{output}"
         );
         self.assert_clean("the server's output", &output);
@@ -847,10 +855,27 @@ fn emails_are_trimmed_unique_in_any_case_and_log_in_in_any_case() {
 
 /// Every route, success and failure, throttling, and a reset with the token in the response;
 /// then a reset through a command, and a failing command. [`Watched`] checks each server's
-/// output for every password, token and session id used.
+/// output for every password, token and session id used; the emails must not be in it either
+/// (an event names a user by id).
 #[test]
 fn no_secret_reaches_the_output_on_any_route() {
-    let mut s = Watched::start(&["--max-login-failures", "2", "--metrics"]);
+    tour_every_route("text");
+}
+
+/// The same, with the JSON log and its security events.
+#[test]
+fn no_secret_reaches_the_json_log_on_any_route() {
+    tour_every_route("json");
+}
+
+fn tour_every_route(log_format: &str) {
+    let mut s = Watched::start(&[
+        "--max-login-failures",
+        "2",
+        "--metrics",
+        "--log-format",
+        log_format,
+    ]);
     let (right, new) = (pw("right"), pw("new"));
     let email = "tour@example.com";
 
@@ -928,10 +953,40 @@ fn no_secret_reaches_the_output_on_any_route() {
         "PUT /reset_password 200",
         "GET /reset_password 405",
     ] {
+        let line = match log_format {
+            "json" => {
+                let [method, path, status] = line.split(' ').collect::<Vec<_>>()[..] else {
+                    unreachable!()
+                };
+                format!("\"method\":\"{method}\",\"path\":\"{path}\",\"status\":{status},")
+            }
+            _ => line.to_owned(),
+        };
         assert!(
-            output.contains(line),
+            output.contains(&line),
             "the access log has {line}:\n{output}"
         );
+    }
+    for event in [
+        "login_ok",
+        "login_failed",
+        "login_throttled",
+        "reset_completed",
+    ] {
+        let event = match log_format {
+            "json" => format!("\"event\":\"{event}\""),
+            _ => format!("event {event} "),
+        };
+        assert!(output.contains(&event), "the log has {event}:\n{output}");
+    }
+    for email in [email, "nobody@example.com", "x@example.com"] {
+        assert!(!output.contains(email), "{email} in the log:\n{output}");
+    }
+    if log_format == "json" {
+        for line in output.lines() {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            assert!(parsed.is_ok_and(|v| v.is_object()), "a JSON line: {line}");
+        }
     }
 }
 

@@ -26,8 +26,8 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement};
 
-use super::{column, count_sql, select_user, DbError, Dialect, Value};
-use super::{Count, EndSessions, NewSession, PasswordChange, Session, User};
+use super::{column, count_sql, select_user, DbError, Dialect, Value, SELECT_USERS};
+use super::{Count, Counts, EndSessions, NewSession, PasswordChange, Session, User};
 
 /// Schema steps, oldest first; the one row of `schema_version` is the number applied. The
 /// same rules as SQLite's list (append only), and always as long as it.
@@ -137,15 +137,7 @@ impl Conn {
 impl Postgres {
     /// Connects to the database `url` names and migrates its schema forward.
     pub(super) fn open(url: &str) -> Result<Postgres, DbError> {
-        let mut config: postgres::Config = url.parse().map_err(|e| {
-            DbError::Storage(format!("the postgres URL cannot be used: {e}").into())
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("auth-service");
-        }
+        let config = connect_config(url)?;
         let mut conn = Conn::connect(&config)?;
         migrate(&mut conn.client)?;
         Ok(Postgres {
@@ -401,6 +393,54 @@ impl Postgres {
         let n = self.execute("DELETE FROM counters WHERE window_ends <= $1", &[&now])?;
         Ok(n as usize)
     }
+
+    /// Connects to the database `url` names, applying no schema step.
+    pub(super) fn open_existing(url: &str) -> Result<Postgres, DbError> {
+        let config = connect_config(url)?;
+        let conn = Conn::connect(&config)?;
+        Ok(Postgres {
+            config,
+            conn: RefCell::new(conn),
+        })
+    }
+
+    pub(super) fn stored_schema_version(&self) -> Result<i64, DbError> {
+        let rows = self.query("SELECT to_regclass('schema_version') IS NOT NULL", &[])?;
+        if !first(rows)?.get::<_, bool>(0) {
+            return Ok(0);
+        }
+        let rows = self.query("SELECT max(version) FROM schema_version", &[])?;
+        Ok(first(rows)?.get::<_, Option<i64>>(0).unwrap_or(0))
+    }
+
+    pub(super) fn list_users(&self, after: i64, limit: i64) -> Result<Vec<User>, DbError> {
+        let rows = self.query(
+            &format!("{SELECT_USERS} WHERE id > $1 ORDER BY id LIMIT $2"),
+            &[&after, &limit],
+        )?;
+        Ok(rows.iter().map(read_user).collect())
+    }
+
+    pub(super) fn counts(
+        &self,
+        now: i64,
+        created_after: i64,
+        seen_after: i64,
+    ) -> Result<Counts, DbError> {
+        let rows = self.query(
+            "SELECT count(*), \
+               (SELECT count(*) FROM sessions WHERE created_at > $2 AND seen_at > $3), \
+               count(*) FILTER (WHERE reset_token IS NOT NULL AND reset_expires_at > $1) \
+             FROM users",
+            &[&now, &created_after, &seen_after],
+        )?;
+        let row = first(rows)?;
+        Ok(Counts {
+            users: row.get(0),
+            live_sessions: row.get(1),
+            reset_tokens: row.get(2),
+        })
+    }
 }
 
 /// The statement that ends a user's sessions as an [`EndSessions`] says, prepared.
@@ -441,6 +481,21 @@ impl<'a> EndingSessions<'a> {
         };
         Ok(n as usize)
     }
+}
+
+/// The connection settings `url` gives, with a connect timeout and the application name
+/// filled in when it does not say.
+fn connect_config(url: &str) -> Result<postgres::Config, DbError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e| DbError::Storage(format!("the postgres URL cannot be used: {e}").into()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("auth-service");
+    }
+    Ok(config)
 }
 
 /// Applies the schema steps this database has not seen, in one transaction that first takes

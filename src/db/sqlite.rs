@@ -9,11 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, ToSql};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql};
 
 use super::Value;
 use super::{bound_values, count_sql, select_user, update_sql, update_values};
-use super::{Count, DbError, Dialect, EndSessions, NewSession, PasswordChange, Session, User};
+use super::{Count, Counts, DbError, Dialect, EndSessions, NewSession, PasswordChange};
+use super::{Session, User, SELECT_USERS};
 
 /// Schema steps, oldest first; `PRAGMA user_version` is the number applied.
 ///
@@ -337,6 +338,100 @@ impl Sqlite {
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )?)
+    }
+
+    /// Opens the file at `path`, which must exist, as it is: durable writes and the busy
+    /// timeout as in [`Sqlite::open`], but no schema step and no change of journal mode.
+    pub(super) fn open_existing(path: &Path) -> Result<Sqlite, DbError> {
+        if !path.is_file() {
+            return Err(DbError::Storage(
+                format!("no database at {}", path.display()).into(),
+            ));
+        }
+        // Without CREATE, so that a file removed since the look above is not made anew.
+        let flags = OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE);
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(Sqlite { conn })
+    }
+
+    pub(super) fn stored_schema_version(&self) -> Result<i64, DbError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    pub(super) fn list_users(&self, after: i64, limit: i64) -> Result<Vec<User>, DbError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{SELECT_USERS} WHERE id > ?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let users = stmt.query_map(params![after, limit], read_user)?;
+        Ok(users.collect::<Result<_, _>>()?)
+    }
+
+    pub(super) fn counts(
+        &self,
+        now: i64,
+        created_after: i64,
+        seen_after: i64,
+    ) -> Result<Counts, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*), \
+               (SELECT count(*) FROM sessions WHERE created_at > ?2 AND seen_at > ?3), \
+               count(*) FILTER (WHERE reset_token IS NOT NULL AND reset_expires_at > ?1) \
+             FROM users",
+        )?;
+        Ok(
+            stmt.query_row(params![now, created_after, seen_after], |r| {
+                Ok(Counts {
+                    users: r.get(0)?,
+                    live_sessions: r.get(1)?,
+                    reset_tokens: r.get(2)?,
+                })
+            })?,
+        )
+    }
+
+    pub(super) fn integrity_check(&self) -> Result<Vec<String>, DbError> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Copies this database, page by page, into the (empty) SQLite file `to`.
+    ///
+    /// All pages go in one step, that is inside one read transaction: a snapshot as of its
+    /// start. In WAL mode a reader holds up no writer, so the server writes on meanwhile.
+    /// Copying a few pages at a time instead would let writes in between, each of which
+    /// restarts the copy, and under steady load it might never finish.
+    pub(super) fn backup(&self, to: &Path) -> Result<(), DbError> {
+        use rusqlite::backup::{Backup, StepResult};
+
+        let mut copy = Connection::open(to)?;
+        copy.pragma_update(None, "synchronous", "FULL")?;
+        let started = std::time::Instant::now();
+        {
+            let backup = Backup::new(&self.conn, &mut copy)?;
+            loop {
+                match backup.step(-1)? {
+                    StepResult::Done => break,
+                    // A lock held by another connection (a checkpoint, a recovery): wait as
+                    // a statement would.
+                    _ if started.elapsed() < BUSY_TIMEOUT => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    other => {
+                        return Err(DbError::Storage(
+                            format!("the backup could not go on ({other:?})").into(),
+                        ))
+                    }
+                }
+            }
+        }
+        copy.close().map_err(|(_, e)| e)?;
+        Ok(())
     }
 }
 
