@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use auth_service::Db;
+use serde_json::Value;
 use support::*;
 
 /// What a run of a command left behind.
