@@ -258,11 +258,19 @@ fn form_from(
 
 /// Each request that has an event, from an address of its own, so that each event line can be
 /// told to be where it happened: registration, a failed login, a throttled one, a login, a
-/// logout, a reset requested and completed. Every line parses; each event is there once, with
+/// logout, a reset requested and completed, other sessions ended, a password changed, a
+/// registration past the limit, an account deleted: every event of SPEC section 10. Every line parses; each event is there once, with
 /// the user's id where the handler knows it, and is written with its own request's access line.
 #[test]
 fn each_event_is_logged_once_where_it_happened() {
-    let mut server = ChildServer::start(&["--log-format", "json", "--max-login-failures", "1"]);
+    let mut server = ChildServer::start(&[
+        "--log-format",
+        "json",
+        "--max-login-failures",
+        "1",
+        "--max-registrations",
+        "1",
+    ]);
     let to = server.addr;
     let email = "events@example.com";
     let r = form_from(
@@ -314,13 +322,67 @@ fn each_event_is_logged_once_where_it_happened() {
         ],
     );
     assert_eq!(r.status, 200, "{}", r.text);
+    // The routes beyond the reference: two sessions, the other one ended, the password
+    // changed, a registration past the limit, the account deleted.
+    let log_in_new = |from: &str| {
+        let r = form_from(
+            from,
+            to,
+            "POST",
+            "/sessions",
+            None,
+            &[("email", email), ("password", "new")],
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.session_cookie().unwrap()
+    };
+    let kept = log_in_new("127.0.0.9");
+    let other = log_in_new("127.0.0.10");
+    let r = form_from(
+        "127.0.0.11",
+        to,
+        "DELETE",
+        "/sessions?scope=others",
+        Some(&kept),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = form_from(
+        "127.0.0.12",
+        to,
+        "PUT",
+        "/password",
+        Some(&kept),
+        &[("password", "new"), ("new_password", "newer")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = form_from(
+        "127.0.0.2",
+        to,
+        "POST",
+        "/users",
+        None,
+        &[("email", "second@example.com"), ("password", "pw")],
+    );
+    assert_eq!(r.status, 429, "{}", r.text);
+    let r = form_from(
+        "127.0.0.14",
+        to,
+        "DELETE",
+        "/profile",
+        Some(&kept),
+        &[("password", "newer")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
     // Requests that are no event: a profile without a session, a refused registration.
     assert_eq!(server.get("/profile", None).status, 403);
-    let r = server.post("/users", &[("email", email), ("password", "again")]);
+    let r = server.post("/users", &[("email", "no-at-sign"), ("password", "again")]);
     assert_eq!(r.status, 400);
 
     let output = server.stop_and_collect();
-    for secret in [email, "right", "wrong", "\"new\"", &session, &token] {
+    for secret in [
+        email, "right", "wrong", "\"new\"", "newer", &session, &token, &kept, &other,
+    ] {
         assert!(!output.contains(secret), "{secret:?} in the log:\n{output}");
     }
     let lines = json_lines(&output);
@@ -368,6 +430,12 @@ fn each_event_is_logged_once_where_it_happened() {
         ("session_ended".to_owned(), id, "127.0.0.5".to_owned()),
         ("reset_requested".to_owned(), id, "127.0.0.6".to_owned()),
         ("reset_completed".to_owned(), id, "127.0.0.7".to_owned()),
+        ("login_ok".to_owned(), id, "127.0.0.9".to_owned()),
+        ("login_ok".to_owned(), id, "127.0.0.10".to_owned()),
+        ("sessions_revoked".to_owned(), id, "127.0.0.11".to_owned()),
+        ("password_changed".to_owned(), id, "127.0.0.12".to_owned()),
+        ("rate_limited".to_owned(), None, "127.0.0.2".to_owned()),
+        ("user_deleted".to_owned(), id, "127.0.0.14".to_owned()),
     ];
     expected.sort();
     assert_eq!(found, expected, "{output}");
