@@ -91,6 +91,8 @@ openssl verify -CAfile "$tmp/ca.pem" "$tmp/server.pem"
 step "auth-service --trust-proxy --secure-cookies --log-format json on 127.0.0.1"
 # As the unit runs it, but for a cheap bcrypt and a throttle that trips after 3 failures.
 export AUTH_DB="$tmp/auth.db"
+# Created first: the loop below may read it before the background job has opened it.
+: >"$tmp/service.log"
 target/release/auth-service --bind 127.0.0.1:0 --trust-proxy --secure-cookies --metrics \
     --log-format json --bcrypt-cost 4 --max-login-failures 3 2>"$tmp/service.log" &
 service_pid=$!

@@ -37,6 +37,9 @@ trap cleanup EXIT
 # bcrypt at cost 4 so that the thousand-odd logins and registrations take seconds, and a
 # throttle so high and the abuse limits off, so that 429 (documented, and valid) does not crowd
 # out the other answers: schemathesis sends every request from one address.
+# The log exists before the server starts: the loop below may read it before the background
+# job has opened it, and a missing file would end this script (set -e) with sed's exit 2.
+: >"$tmp/server.log"
 target/release/auth-service --bind 127.0.0.1:0 --db "$tmp/auth.db" --bcrypt-cost 4 \
     --max-login-failures 1000000 --max-registrations 0 --max-reset-requests 0 \
     --metrics 2>"$tmp/server.log" &
