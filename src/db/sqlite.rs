@@ -48,6 +48,15 @@ ALTER TABLE login_failures RENAME TO counters;
 ALTER TABLE counters RENAME COLUMN failures TO count;
 ";
 
+/// A session and its user by the session's digest. `+?1`, not `?1`: with a bare parameter
+/// compared to the joined table's key, SQLite's planner marks the statement as depending on
+/// the parameter's value, and prepares it again at every run (the SQL parser became the
+/// largest cost of `GET /profile`); the unary plus keeps the primary-key search and the
+/// prepared statement.
+const SELECT_SESSION: &str = "SELECT u.id, u.email, u.hashed_password, s.digest, \
+     u.reset_token, u.reset_expires_at, s.handle, s.created_at, s.seen_at \
+     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = +?1";
+
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,6 +86,15 @@ struct Sql;
 impl Dialect for Sql {
     fn param(n: usize) -> String {
         format!("?{n}")
+    }
+
+    fn equals(col: &'static str, n: usize) -> String {
+        // A joined session's key: see SELECT_SESSION for the unary plus.
+        if col == "s.digest" {
+            format!("{col} = +?{n}")
+        } else {
+            format!("{col} = ?{n}")
+        }
     }
 }
 
@@ -213,11 +231,7 @@ impl Sqlite {
     }
 
     pub(super) fn session(&self, digest: &str) -> Result<Option<(User, Session)>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT u.id, u.email, u.hashed_password, s.digest, u.reset_token, \
-             u.reset_expires_at, s.handle, s.created_at, s.seen_at \
-             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(SELECT_SESSION)?;
         Ok(stmt
             .query_row([digest], |r| {
                 let user = read_user(r)?;
@@ -457,4 +471,36 @@ fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         reset_token: row.get(4)?,
         reset_expires_at: row.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    #[test]
+    fn a_session_lookup_is_prepared_once() {
+        let dir = std::env::temp_dir().join(format!("auth-sqlite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Sqlite::open(&dir.join("auth.db")).unwrap();
+        let user = db.add_user("bob@example.com", "hash").unwrap();
+        db.conn
+            .execute(
+                "INSERT INTO sessions VALUES ('digest', 'handle', ?1, 0, 0)",
+                [user],
+            )
+            .unwrap();
+        let by_session = [("session_id", Value::from("digest"))];
+        for _ in 0..3 {
+            assert!(db.session("digest").unwrap().is_some());
+            assert!(db.find_user_by(&by_session).unwrap().is_some());
+        }
+        for sql in [SELECT_SESSION, &select_user::<Sql>(&by_session).unwrap()] {
+            let stmt = db.conn.prepare_cached(sql).unwrap();
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            assert_eq!(stmt.get_status(StatementStatus::Run), 3, "{sql}");
+        }
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
