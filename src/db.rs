@@ -269,9 +269,9 @@ impl Db {
 
     /// Starts a session for `user_id` (`digest` of its id, a public `handle`, at `now` in Unix
     /// milliseconds) only if the user's stored hash is still `verified_hash`, and ends the
-    /// user's least recently used sessions beyond `max_sessions`, in one transaction. `None`
-    /// when the hash has changed (a reset or a password change got there first); otherwise how
-    /// many sessions were evicted.
+    /// user's least recently used other sessions so that `max_sessions` remain (never the new
+    /// one, whatever the clock says), in one transaction. `None` when the hash has changed (a
+    /// reset or a password change got there first); otherwise how many sessions were evicted.
     pub fn add_session(
         &self,
         user_id: i64,

@@ -57,6 +57,12 @@ const SELECT_SESSION: &str = "SELECT u.id, u.email, u.hashed_password, s.digest,
      u.reset_token, u.reset_expires_at, s.handle, s.created_at, s.seen_at \
      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = +?1";
 
+/// Ends a user's (?1) least recently used sessions beyond the newest ?3 others, never the one
+/// just started (?2): a login in the same millisecond as an older one must keep its own.
+const EVICT_SESSIONS: &str = "DELETE FROM sessions WHERE user_id = ?1 AND digest <> ?2 \
+     AND digest NOT IN (SELECT digest FROM sessions WHERE user_id = ?1 AND digest <> ?2 \
+     ORDER BY seen_at DESC, created_at DESC LIMIT ?3)";
+
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -220,12 +226,8 @@ impl Sqlite {
             return Ok(None);
         }
         let evicted = tx
-            .prepare_cached(
-                "DELETE FROM sessions WHERE user_id = ?1 AND digest NOT IN \
-                 (SELECT digest FROM sessions WHERE user_id = ?1 \
-                  ORDER BY seen_at DESC, created_at DESC LIMIT ?2)",
-            )?
-            .execute(params![new.user_id, new.max_sessions])?;
+            .prepare_cached(EVICT_SESSIONS)?
+            .execute(params![new.user_id, new.digest, new.max_sessions - 1])?;
         tx.commit()?;
         Ok(Some(evicted))
     }
