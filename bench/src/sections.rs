@@ -85,6 +85,23 @@ pub fn requests(run: &mut Run) -> Fallible<()> {
         json!({ "bare": bare.json(), "service": profile.json(), "ratio": ratio,
                 "ratio_to_one_write": profile.rps / one_write.rps }),
     );
+    // The session check's own cost: what a `/profile` takes beyond a `GET /`, on the server.
+    let server_cpu = |r: &LoadResult| r.cpu_us_per_answer("server");
+    if let (Some(profile_us), Some(root_us)) = (server_cpu(&profile), server_cpu(&root)) {
+        let ratio = profile_us / root_us;
+        run.rows.push(
+            Row::value(
+                "server CPU per GET /profile".into(),
+                format!("{profile_us:.1} µs"),
+            )
+            .ratio(ratio, "÷ GET /", 1.15, false)
+            .note(format!("GET /: {root_us:.1} µs")),
+        );
+        run.report.insert(
+            "server_cpu_profile_to_root".into(),
+            json!({ "profile_us": profile_us, "root_us": root_us, "ratio": ratio }),
+        );
+    }
     Ok(())
 }
 
@@ -153,7 +170,7 @@ pub fn large(run: &mut Run) -> Fallible<()> {
     run.rows
         .push(Row::load("GET /profile, 10 users (again)".into(), &small));
     run.rows.push(
-        Row::load(format!("GET /profile, {users} users"), &large).ratio(
+        Row::load(format!("GET /profile, {users} users and sessions"), &large).ratio(
             ratio,
             "÷ 10 users",
             0.95,
