@@ -328,6 +328,18 @@ impl Db {
         on_store!(&self.store, s => s.prune_sessions(seen_before, limit))
     }
 
+    /// A token that changes whenever anything is committed to the store, by any connection or
+    /// process, read without a transaction: two equal tokens mean nothing was written in
+    /// between, so what was read before is still what the store holds. `None` when the store
+    /// cannot tell so cheaply (PostgreSQL; or SQLite in the middle of recording a commit).
+    pub fn change_token(&self) -> Option<ChangeToken> {
+        match &self.store {
+            Store::Sqlite(s) => s.change_token(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => None,
+        }
+    }
+
     /// Answers when the database can run a query: the health check.
     pub fn ping(&self) -> Result<(), DbError> {
         on_store!(&self.store, s => s.ping())
@@ -423,6 +435,10 @@ pub struct Counts {
     pub live_sessions: i64,
     pub reset_tokens: i64,
 }
+
+/// What [`Db::change_token`] returns: opaque, and equal only while nothing was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeToken([u8; 48]);
 
 /// What [`Db::replace_password`] requires to still hold.
 #[derive(Debug, Clone, Copy)]
