@@ -25,13 +25,7 @@ pub fn requests(run: &mut Run) -> Fallible<()> {
         Server::spawn(Command::new(&exe).args(["--bare-server", &workers, "one-write"]))?;
     let service = run.service(&run.small_db()?, 10)?;
     let sessions = log_in_users(service.addr, &user_indices(10))?;
-    let get = |server: &Server, requests| Load {
-        cpu_of: vec![
-            ("server", Processes::Pids(vec![server.pid()])),
-            ("load generator", Processes::Myself),
-        ],
-        ..Load::new(server.addr, o.connections, run.measure(), requests)
-    };
+    let get = |server: &Server, requests| watched(server, run, requests);
     let root_request = || vec![client::get("/", None)];
     let loads = [
         ("bare tiny_http, GET /", get(&bare_server, root_request())),
@@ -105,6 +99,17 @@ pub fn requests(run: &mut Run) -> Fallible<()> {
     Ok(())
 }
 
+/// A request load on `server` that reports its CPU and the load generator's per answer.
+fn watched(server: &Server, run: &Run, requests: Vec<Vec<u8>>) -> Load {
+    Load {
+        cpu_of: vec![
+            ("server", Processes::Pids(vec![server.pid()])),
+            ("load generator", Processes::Myself),
+        ],
+        ..Load::new(server.addr, run.o.connections, run.measure(), requests)
+    }
+}
+
 /// Runs the loads one after the other, `rounds` times over, and keeps each one's best round
 /// (the highest rate) with the least CPU per answer any of its rounds needed: another process
 /// taking the CPU for a while can only lower a rate and raise a cost, and interleaving puts the
@@ -157,21 +162,11 @@ pub fn large(run: &mut Run) -> Fallible<()> {
     let loads = [
         (
             "auth-service, GET /profile on 10 users",
-            Load::new(
-                small_service.addr,
-                o.connections,
-                run.measure(),
-                profile_requests(&small_sessions),
-            ),
+            watched(&small_service, run, profile_requests(&small_sessions)),
         ),
         (
             "auth-service, GET /profile on the large database",
-            Load::new(
-                large_service.addr,
-                o.connections,
-                run.measure(),
-                profile_requests(&large_sessions),
-            ),
+            watched(&large_service, run, profile_requests(&large_sessions)),
         ),
     ];
     let [small, large] = best_of(o.rounds, loads);
