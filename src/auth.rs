@@ -3,7 +3,8 @@
 //! makes unknown emails cost what known ones do, and reset tokens handed to a delivery queue.
 //!
 //! Each worker owns an `Auth` (and through it a [`Db`] connection); what must be common to all
-//! workers (the policy, the counters, the delivery queue) lives in [`Shared`] behind an `Arc`.
+//! workers (the policy, the counters, the delivery queue, the session cache) lives in [`Shared`]
+//! behind an `Arc`.
 //! bcrypt never runs inside a database transaction or under a lock; where and how much of it
 //! runs at once is the server's slow lane's business.
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::db::{now_millis, Count, Db, DbError, EndSessions, IfStill};
 use crate::delivery::Deliveries;
 use crate::metrics::{Limit, LoginOutcome, Metrics, SessionEnd};
+use crate::session_cache::SessionCache;
 use crate::user::{ClientAddress, Email, InputError, Password, Session, User};
 
 /// The rules `Auth` applies, from the command line.
@@ -170,6 +172,8 @@ pub struct Shared {
     /// A hash that matches nothing, verified for unknown emails so they cost what a wrong
     /// password costs and the time of a login does not tell whether an address is registered.
     dummy_hash: String,
+    /// Live sessions as last read, while the store has not changed since.
+    sessions: SessionCache,
     /// Counts and logins since start, to prune now and then.
     counted: AtomicU64,
     sessions_started: AtomicU64,
@@ -197,6 +201,7 @@ impl Shared {
             deliveries,
             bcrypt_estimate,
             dummy_hash,
+            sessions: SessionCache::default(),
             counted: AtomicU64::new(0),
             sessions_started: AtomicU64::new(0),
         }
@@ -372,7 +377,7 @@ impl Auth {
             return Ok(None);
         };
         let digest = digest(session_id);
-        let Some((user, session)) = self.db.session(&digest)? else {
+        let Some((user, session)) = self.find_session(&digest)? else {
             return Ok(None);
         };
         let now = now_millis();
@@ -610,6 +615,24 @@ impl Auth {
     }
 
     // --- How ---------------------------------------------------------------------------------
+
+    /// The session with this digest and its user, expired or not: from the cache while the
+    /// store has not changed since it was read there, else from the store.
+    fn find_session(&self, digest: &str) -> Result<Option<(User, Session)>, AuthError> {
+        let token = self.db.change_token();
+        if let Some(found) = token.and_then(|t| self.shared.sessions.get(digest, &t)) {
+            self.shared.metrics.session_cache(true);
+            return Ok(Some(found));
+        }
+        let found = self.db.session(digest)?;
+        if let Some(token) = token {
+            self.shared.metrics.session_cache(false);
+            if let Some(found) = &found {
+                self.shared.sessions.put(digest, found, token);
+            }
+        }
+        Ok(found)
+    }
 
     /// Whether `session` is live at `now` (Unix milliseconds): not past `--session-ttl` since
     /// it began, nor `--session-idle` since it was last used.

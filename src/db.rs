@@ -269,9 +269,9 @@ impl Db {
 
     /// Starts a session for `user_id` (`digest` of its id, a public `handle`, at `now` in Unix
     /// milliseconds) only if the user's stored hash is still `verified_hash`, and ends the
-    /// user's least recently used sessions beyond `max_sessions`, in one transaction. `None`
-    /// when the hash has changed (a reset or a password change got there first); otherwise how
-    /// many sessions were evicted.
+    /// user's least recently used other sessions so that `max_sessions` remain (never the new
+    /// one, whatever the clock says), in one transaction. `None` when the hash has changed (a
+    /// reset or a password change got there first); otherwise how many sessions were evicted.
     pub fn add_session(
         &self,
         user_id: i64,
@@ -326,6 +326,18 @@ impl Db {
     /// that sessions nobody ends do not pile up; how many.
     pub fn prune_sessions(&self, seen_before: i64, limit: usize) -> Result<usize, DbError> {
         on_store!(&self.store, s => s.prune_sessions(seen_before, limit))
+    }
+
+    /// A token that changes whenever anything is committed to the store, by any connection or
+    /// process, read without a transaction: two equal tokens mean nothing was written in
+    /// between, so what was read before is still what the store holds. `None` when the store
+    /// cannot tell so cheaply (PostgreSQL; or SQLite in the middle of recording a commit).
+    pub fn change_token(&self) -> Option<ChangeToken> {
+        match &self.store {
+            Store::Sqlite(s) => s.change_token(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => None,
+        }
     }
 
     /// Answers when the database can run a query: the health check.
@@ -423,6 +435,10 @@ pub struct Counts {
     pub live_sessions: i64,
     pub reset_tokens: i64,
 }
+
+/// What [`Db::change_token`] returns: opaque, and equal only while nothing was committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeToken([u8; 48]);
 
 /// What [`Db::replace_password`] requires to still hold.
 #[derive(Debug, Clone, Copy)]

@@ -55,6 +55,7 @@ pub mod delivery;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod session_cache;
 pub mod slow_lane;
 pub mod user;
 

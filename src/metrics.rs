@@ -79,6 +79,8 @@ pub struct Metrics {
     sessions_ended: [AtomicU64; 4],
     rate_limited: [AtomicU64; 2],
     password_changes: AtomicU64,
+    /// Session lookups answered by the cache: [hit, miss].
+    session_cache: [AtomicU64; 2],
     users_deleted: AtomicU64,
     rehashes: AtomicU64,
     bcrypt_buckets: [AtomicU64; BCRYPT_BUCKETS.len()],
@@ -127,6 +129,11 @@ impl Metrics {
 
     pub fn rate_limited(&self, limit: Limit) {
         self.rate_limited[limit as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a session lookup, by whether the cache answered it.
+    pub fn session_cache(&self, hit: bool) {
+        self.session_cache[usize::from(!hit)].fetch_add(1, Relaxed);
     }
 
     pub fn password_changed(&self) {
@@ -248,6 +255,12 @@ impl Metrics {
             ["registration", "reset"]
                 .into_iter()
                 .zip(&self.rate_limited),
+        );
+        out.by_label(
+            "auth_session_cache_total",
+            "Session lookups, by whether the cache of live sessions answered (SQLite only).",
+            "result",
+            ["hit", "miss"].into_iter().zip(&self.session_cache),
         );
         out.single(
             "auth_password_changes_total",

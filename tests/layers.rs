@@ -417,6 +417,27 @@ fn get_user_from_session_id_finds_the_live_session_only() {
 }
 
 #[test]
+fn a_new_session_evicts_older_ones_never_itself_even_in_the_same_millisecond() {
+    let (db, _dir) = db();
+    let bob = db.add_user("bob@example.com", "hash").unwrap();
+    let start = |digest: &str, handle: &str, max| {
+        db.add_session(bob.id, digest, handle, 1_000, "hash", max)
+            .unwrap()
+    };
+    let live = |digest: &str| db.session(digest).unwrap().is_some();
+
+    assert_eq!(start("d9", "h1", 2), Some(0));
+    assert_eq!(start("d8", "h2", 2), Some(0));
+    // One clock reading for all, and each new digest sorts before the older ones: only "not
+    // the new one" decides.
+    assert_eq!(start("d7", "h3", 2), Some(1));
+    assert!(live("d7"));
+    assert_eq!(start("d6", "h4", 1), Some(2));
+    assert!(live("d6"));
+    assert!(!live("d9") && !live("d8") && !live("d7"));
+}
+
+#[test]
 fn destroy_session_ends_it() {
     let (auth, db, _dir) = auth();
     let bob = email("bob@example.com");

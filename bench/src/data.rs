@@ -8,10 +8,12 @@ use crate::client::{self, Conn};
 use crate::server::Server;
 use crate::Fallible;
 
-/// A SQLite database of `n` users, `user{i}@bench.example`, all with the one `hash`. `binary`
-/// creates the schema; the users then go in in one transaction (a commit per row would cost a
-/// disk flush per row: minutes for a million). The other columns of `users` (schema.sql) are
-/// the id, which SQLite assigns, and a session and a reset token, which start empty.
+/// A SQLite database of `n` users, `user{i}@bench.example`, all with the one `hash`, and each
+/// holding a live session (random digest and handle, begun now) that no request of the
+/// benchmark uses: the sessions table a real service's users leave behind. `binary` creates the
+/// schema; the rows then go in in one transaction (a commit per row would cost a disk flush per
+/// row: minutes for a million). The other columns of `users` are the id, which SQLite assigns,
+/// and a reset token, which starts empty.
 pub fn seed(binary: &Path, path: &Path, n: usize, hash: &str) -> Fallible<()> {
     create_schema(binary, path)?;
     let mut conn = rusqlite::Connection::open(path)?;
@@ -23,6 +25,12 @@ pub fn seed(binary: &Path, path: &Path, n: usize, hash: &str) -> Fallible<()> {
             insert.execute((email(i), hash))?;
         }
     }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    tx.execute(
+        "INSERT INTO sessions (digest, handle, user_id, created_at, seen_at) \
+         SELECT lower(hex(randomblob(32))), lower(hex(randomblob(16))), id, ?1, ?1 FROM users",
+        [now_ms],
+    )?;
     tx.commit()?;
     Ok(())
 }

@@ -65,6 +65,21 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Takes, for each watched group, `other`'s CPU per answer where it is less than this
+    /// round's: of several rounds of one load, the least CPU any needed is its cost, what
+    /// other processes and the scheduler add on a shared machine only ever raises it.
+    pub fn keep_least_cpu(&mut self, other: &LoadResult) {
+        let answers = self.rps * self.secs;
+        for (name, secs) in &mut self.cpu {
+            if let (Some(mine), Some(theirs)) = (
+                (answers > 0.0).then(|| *secs / answers),
+                other.cpu_us_per_answer(name).map(|us| us / 1e6),
+            ) {
+                *secs = answers * mine.min(theirs);
+            }
+        }
+    }
+
     /// Microseconds of CPU the group `name` spent per answer.
     pub fn cpu_us_per_answer(&self, name: &str) -> Option<f64> {
         let answers = self.rps * self.secs;

@@ -53,17 +53,25 @@ impl Row {
 
     pub fn figure(name: &str, value: f64, unit: &str, at_most: f64) -> Row {
         Row {
-            name: name.into(),
-            value: format!("{value:.1} {unit}"),
-            p50: String::new(),
-            p99: String::new(),
-            versus: String::new(),
             goal: Some(Goal {
                 text: format!("≤ {at_most} {unit}"),
                 figure: value,
                 bound: at_most,
                 at_least: false,
             }),
+            ..Row::value(name.into(), format!("{value:.1} {unit}"))
+        }
+    }
+
+    /// A row of one figure, already written out; a goal comes with `ratio`.
+    pub fn value(name: String, value: String) -> Row {
+        Row {
+            name,
+            value,
+            p50: String::new(),
+            p99: String::new(),
+            versus: String::new(),
+            goal: None,
             note: String::new(),
         }
     }

@@ -257,10 +257,11 @@ impl Postgres {
                  SELECT $1, $2, id, $3, $3 FROM users \
                  WHERE id = $4 AND hashed_password = $5 FOR SHARE",
             )?;
+            // Never the session just started ($2): see the SQLite store's EVICT_SESSIONS.
             let evict = c.prepare(
                 "DELETE FROM sessions WHERE user_id = $1 AND digest IN \
-                 (SELECT digest FROM sessions WHERE user_id = $1 \
-                  ORDER BY seen_at DESC, created_at DESC OFFSET $2)",
+                 (SELECT digest FROM sessions WHERE user_id = $1 AND digest <> $2 \
+                  ORDER BY seen_at DESC, created_at DESC OFFSET $3)",
             )?;
             let mut tx = c.client.transaction()?;
             let args: [&(dyn ToSql + Sync); 5] = [
@@ -273,7 +274,8 @@ impl Postgres {
             if tx.execute(&insert, &args)? == 0 {
                 return Ok(None);
             }
-            let evicted = tx.execute(&evict, &[&new.user_id, &i64::from(new.max_sessions)])?;
+            let others = i64::from(new.max_sessions - 1);
+            let evicted = tx.execute(&evict, &[&new.user_id, &new.digest, &others])?;
             tx.commit()?;
             Ok(Some(evicted as usize))
         })

@@ -5,15 +5,18 @@
 //! that made it returns, so an acknowledged registration, login or reset survives `kill -9` and
 //! power loss.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql};
 
+use super::PasswordChange;
 use super::Value;
 use super::{bound_values, count_sql, select_user, update_sql, update_values};
-use super::{Count, Counts, DbError, Dialect, EndSessions, NewSession, PasswordChange};
+use super::{ChangeToken, Count, Counts, DbError, Dialect, EndSessions, NewSession};
 use super::{Session, User, SELECT_USERS};
 
 /// Schema steps, oldest first; `PRAGMA user_version` is the number applied.
@@ -48,6 +51,38 @@ ALTER TABLE login_failures RENAME TO counters;
 ALTER TABLE counters RENAME COLUMN failures TO count;
 ";
 
+/// A session and its user by the session's digest. `+?1`, not `?1`: with a bare parameter
+/// compared to the joined table's key, SQLite's planner marks the statement as depending on
+/// the parameter's value, and prepares it again at every run (the SQL parser became the
+/// largest cost of `GET /profile`); the unary plus keeps the primary-key search and the
+/// prepared statement.
+const SELECT_SESSION: &str = "SELECT u.id, u.email, u.hashed_password, s.digest, \
+     u.reset_token, u.reset_expires_at, s.handle, s.created_at, s.seen_at \
+     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = +?1";
+
+/// Ends a user's (?1) least recently used sessions beyond the newest ?3 others, never the one
+/// just started (?2): a login in the same millisecond as an older one must keep its own.
+const EVICT_SESSIONS: &str = "DELETE FROM sessions WHERE user_id = ?1 AND digest <> ?2 \
+     AND digest NOT IN (SELECT digest FROM sessions WHERE user_id = ?1 AND digest <> ?2 \
+     ORDER BY seen_at DESC, created_at DESC LIMIT ?3)";
+
+/// The WAL index header's `iVersion`, the only one SQLite has written since 3.7.0.
+const WAL_INDEX_VERSION: u32 = 3_007_000;
+/// The size of one copy of the WAL index header; the file starts with two.
+const WAL_INDEX_HEADER: usize = 48;
+
+/// The checksum SQLite keeps in the WAL index header over its first 40 bytes (`walChecksumBytes`
+/// in wal.c, always in the machine's own byte order there): pairs of words, each sum feeding
+/// the other.
+fn wal_index_checksum(bytes: &[u8]) -> (u32, u32) {
+    let word = |chunk: &[u8]| u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+    bytes.chunks_exact(8).fold((0u32, 0u32), |(s1, s2), pair| {
+        let s1 = s1.wrapping_add(word(&pair[..4])).wrapping_add(s2);
+        let s2 = s2.wrapping_add(word(&pair[4..])).wrapping_add(s1);
+        (s1, s2)
+    })
+}
+
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,10 +113,21 @@ impl Dialect for Sql {
     fn param(n: usize) -> String {
         format!("?{n}")
     }
+
+    fn equals(col: &'static str, n: usize) -> String {
+        // A joined session's key: see SELECT_SESSION for the unary plus.
+        if col == "s.digest" {
+            format!("{col} = +?{n}")
+        } else {
+            format!("{col} = ?{n}")
+        }
+    }
 }
 
 pub(super) struct Sqlite {
     conn: Connection,
+    /// The WAL index (`<file>-shm`), read to tell whether anything was committed since.
+    wal_index: Option<File>,
 }
 
 impl Sqlite {
@@ -102,8 +148,15 @@ impl Sqlite {
         // A deleted user's sessions go with it (ON DELETE CASCADE).
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut db = Sqlite { conn };
+        let mut db = Sqlite {
+            conn,
+            wal_index: None,
+        };
         db.migrate()?;
+        // Once the database is in WAL mode its index exists while a connection is open.
+        let mut shm = path.as_os_str().to_owned();
+        shm.push("-shm");
+        db.wal_index = File::open(shm).ok();
         Ok(db)
     }
 
@@ -201,23 +254,17 @@ impl Sqlite {
         if !started {
             return Ok(None);
         }
-        let evicted = tx
-            .prepare_cached(
-                "DELETE FROM sessions WHERE user_id = ?1 AND digest NOT IN \
-                 (SELECT digest FROM sessions WHERE user_id = ?1 \
-                  ORDER BY seen_at DESC, created_at DESC LIMIT ?2)",
-            )?
-            .execute(params![new.user_id, new.max_sessions])?;
+        let evicted = tx.prepare_cached(EVICT_SESSIONS)?.execute(params![
+            new.user_id,
+            new.digest,
+            new.max_sessions - 1
+        ])?;
         tx.commit()?;
         Ok(Some(evicted))
     }
 
     pub(super) fn session(&self, digest: &str) -> Result<Option<(User, Session)>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT u.id, u.email, u.hashed_password, s.digest, u.reset_token, \
-             u.reset_expires_at, s.handle, s.created_at, s.seen_at \
-             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.digest = ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(SELECT_SESSION)?;
         Ok(stmt
             .query_row([digest], |r| {
                 let user = read_user(r)?;
@@ -284,6 +331,26 @@ impl Sqlite {
              (SELECT digest FROM sessions WHERE seen_at < ?1 LIMIT ?2)",
         )?;
         Ok(stmt.execute(params![seen_before, limit as i64])?)
+    }
+
+    /// The WAL index's header as it stands (walformat.html, "The WAL-Index Header"): SQLite
+    /// changes it with every commit, whichever connection or process makes it (its `iChange`
+    /// counts transactions), and writes its two copies one after the other. Read as SQLite's
+    /// own readers do (`walIndexTryHdr`): `None` unless both copies are equal, initialised, of
+    /// the one known version and carry their checksum, so a header caught mid-write is never
+    /// taken for a token.
+    pub(super) fn change_token(&self) -> Option<ChangeToken> {
+        let mut header = [0u8; 2 * WAL_INDEX_HEADER];
+        self.wal_index
+            .as_ref()?
+            .read_exact_at(&mut header, 0)
+            .ok()?;
+        let (first, second) = header.split_at(WAL_INDEX_HEADER);
+        let word = |at: usize| u32::from_ne_bytes(first[at..at + 4].try_into().expect("4 bytes"));
+        let initialised = first[12] == 1;
+        let intact = wal_index_checksum(&first[..40]) == (word(40), word(44));
+        (first == second && word(0) == WAL_INDEX_VERSION && initialised && intact)
+            .then(|| ChangeToken(first.try_into().expect("one header")))
     }
 
     pub(super) fn ping(&self) -> Result<(), DbError> {
@@ -354,7 +421,10 @@ impl Sqlite {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(Sqlite { conn })
+        Ok(Sqlite {
+            conn,
+            wal_index: None,
+        })
     }
 
     pub(super) fn stored_schema_version(&self) -> Result<i64, DbError> {
@@ -457,4 +527,75 @@ fn read_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         reset_token: row.get(4)?,
         reset_expires_at: row.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    #[test]
+    fn a_session_lookup_is_prepared_once() {
+        let dir = std::env::temp_dir().join(format!("auth-sqlite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Sqlite::open(&dir.join("auth.db")).unwrap();
+        let user = db.add_user("bob@example.com", "hash").unwrap();
+        db.conn
+            .execute(
+                "INSERT INTO sessions VALUES ('digest', 'handle', ?1, 0, 0)",
+                [user],
+            )
+            .unwrap();
+        let by_session = [("session_id", Value::from("digest"))];
+        for _ in 0..3 {
+            assert!(db.session("digest").unwrap().is_some());
+            assert!(db.find_user_by(&by_session).unwrap().is_some());
+        }
+        for sql in [SELECT_SESSION, &select_user::<Sql>(&by_session).unwrap()] {
+            let stmt = db.conn.prepare_cached(sql).unwrap();
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            assert_eq!(stmt.get_status(StatementStatus::Run), 3, "{sql}");
+        }
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_change_token_moves_with_every_commit_of_any_connection_and_only_then() {
+        let dir = std::env::temp_dir().join(format!("auth-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Sqlite::open(&dir.join("auth.db")).unwrap();
+        let other = Sqlite::open(&dir.join("auth.db")).unwrap();
+        let token = db
+            .change_token()
+            .expect("a WAL index with an intact header");
+        assert_eq!(
+            other.change_token(),
+            Some(token),
+            "one index for every connection"
+        );
+
+        assert!(db.session("digest").unwrap().is_none());
+        assert_eq!(db.change_token(), Some(token), "a read commits nothing");
+
+        let user = db.add_user("bob@example.com", "hash").unwrap();
+        let after_own = db.change_token().unwrap();
+        assert_ne!(after_own, token, "this connection's commit");
+
+        other.delete_user(user).unwrap();
+        let after_other = db.change_token().unwrap();
+        assert_ne!(after_other, after_own, "another connection's commit");
+
+        db.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        db.add_user("bob@example.com", "hash").unwrap();
+        assert_ne!(
+            db.change_token().unwrap(),
+            after_other,
+            "a commit after a checkpoint"
+        );
+        drop((db, other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
