@@ -6,8 +6,9 @@
 //! power loss.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::ToSqlOutput;
@@ -83,6 +84,32 @@ fn wal_index_checksum(bytes: &[u8]) -> (u32, u32) {
     })
 }
 
+/// The WAL index (`<db>-shm`) of the database at `path`, opened once per process and never
+/// closed. Closing any descriptor of a file drops every POSIX lock the process holds on that
+/// file (fcntl(2)), and SQLite holds its locks on this one (that a connection is open, which
+/// snapshot a reader is on) through descriptors of its own: a descriptor of ours closed while
+/// another connection of this process reads would let another process checkpoint and restart
+/// the WAL under that reader (sqlite.org/howtocorrupt.html, 2.2). So every connection to one
+/// file shares one descriptor, kept for the life of the process.
+fn wal_index(path: &Path) -> Option<Arc<File>> {
+    /// A file's device and inode.
+    type FileId = (u64, u64);
+    static OPENED: Mutex<Vec<(FileId, Arc<File>)>> = Mutex::new(Vec::new());
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
+    let here = std::fs::metadata(&shm).ok()?;
+    let id = |m: &std::fs::Metadata| (m.dev(), m.ino());
+    if let Some((_, file)) = opened.iter().find(|(known, _)| *known == id(&here)) {
+        return Some(Arc::clone(file));
+    }
+    let file = Arc::new(File::open(&shm).ok()?);
+    // Under the descriptor's own identity, in case the file was replaced since the look.
+    let key = file.metadata().map_or(id(&here), |m| id(&m));
+    opened.push((key, Arc::clone(&file)));
+    Some(file)
+}
+
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -127,7 +154,7 @@ impl Dialect for Sql {
 pub(super) struct Sqlite {
     conn: Connection,
     /// The WAL index (`<file>-shm`), read to tell whether anything was committed since.
-    wal_index: Option<File>,
+    wal_index: Option<Arc<File>>,
 }
 
 impl Sqlite {
@@ -154,9 +181,7 @@ impl Sqlite {
         };
         db.migrate()?;
         // Once the database is in WAL mode its index exists while a connection is open.
-        let mut shm = path.as_os_str().to_owned();
-        shm.push("-shm");
-        db.wal_index = File::open(shm).ok();
+        db.wal_index = wal_index(path);
         Ok(db)
     }
 
@@ -596,6 +621,45 @@ mod tests {
             "a commit after a checkpoint"
         );
         drop((db, other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A connection closed while another of this process reads must leave that reader's
+    /// locks: another process (SQLite from Python here) then cannot restart the WAL under it.
+    #[test]
+    fn closing_a_connection_leaves_the_locks_of_the_others() {
+        let dir = std::env::temp_dir().join(format!("auth-locks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("auth.db");
+        let reader = Sqlite::open(&path).unwrap();
+        let other = Sqlite::open(&path).unwrap();
+        other.add_user("bob@example.com", "hash").unwrap();
+        reader.conn.execute_batch("BEGIN").unwrap();
+        let users: i64 = reader
+            .conn
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(users, 1);
+        drop(other);
+
+        let checkpoint = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], timeout=0)\n\
+                 print(c.execute('PRAGMA wal_checkpoint(RESTART)').fetchone()[0])",
+            )
+            .arg(&path)
+            .output()
+            .expect("python3 runs (the test needs it for a second process)");
+        let busy = String::from_utf8_lossy(&checkpoint.stdout);
+        assert_eq!(
+            busy.trim(),
+            "1",
+            "the reader's snapshot held: {checkpoint:?}"
+        );
+        reader.conn.execute_batch("COMMIT").unwrap();
+        drop(reader);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
