@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::db::{now_millis, Count, Db, DbError, EndSessions, IfStill};
 use crate::delivery::Deliveries;
 use crate::metrics::{Limit, LoginOutcome, Metrics, SessionEnd};
-use crate::session_cache::SessionCache;
+use crate::session_cache::{CachedSession, SessionCache};
 use crate::user::{ClientAddress, Email, InputError, Password, Session, User};
 
 /// The rules `Auth` applies, from the command line.
@@ -144,8 +144,9 @@ impl From<bcrypt::BcryptError> for AuthError {
 /// A live session, found from the id a request carries: who holds it, and the session.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
-    pub user: User,
-    pub session: Session,
+    /// Shared with the session cache, which hands out the same values to every request.
+    pub user: Arc<User>,
+    pub session: Arc<Session>,
     /// The digest of the session id (what the store knows it by).
     digest: String,
 }
@@ -292,7 +293,9 @@ impl Auth {
         &self,
         session_id: Option<&str>,
     ) -> Result<Option<User>, AuthError> {
-        Ok(self.session(session_id)?.map(|live| live.user))
+        Ok(self
+            .session(session_id)?
+            .map(|live| Arc::unwrap_or_clone(live.user)))
     }
 
     /// Ends every session of `user_id`.
@@ -618,13 +621,16 @@ impl Auth {
 
     /// The session with this digest and its user, expired or not: from the cache while the
     /// store has not changed since it was read there, else from the store.
-    fn find_session(&self, digest: &str) -> Result<Option<(User, Session)>, AuthError> {
+    fn find_session(&self, digest: &str) -> Result<Option<CachedSession>, AuthError> {
         let token = self.db.change_token();
         if let Some(found) = token.and_then(|t| self.shared.sessions.get(digest, &t)) {
             self.shared.metrics.session_cache(true);
             return Ok(Some(found));
         }
-        let found = self.db.session(digest)?;
+        let found = self
+            .db
+            .session(digest)?
+            .map(|(user, session)| (Arc::new(user), Arc::new(session)));
         if let Some(token) = token {
             self.shared.metrics.session_cache(false);
             if let Some(found) = &found {
@@ -917,13 +923,16 @@ pub struct Listed {
 /// Tokens are 122 random bits, so a fast unsalted digest is enough to make a stolen database
 /// useless for logging in while keeping lookups indexed.
 pub fn digest(token: &str) -> String {
-    let bytes = Sha256::digest(token.as_bytes());
-    let mut hex = String::with_capacity(64);
-    for b in bytes {
-        hex.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-        hex.push(char::from_digit((b & 0xf) as u32, 16).unwrap_or('0'));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (pair, b) in hex
+        .chunks_exact_mut(2)
+        .zip(Sha256::digest(token.as_bytes()))
+    {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
-    hex
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// Seconds since the Unix epoch (reset tokens' expiry and the counters' windows).

@@ -10,7 +10,7 @@
 //! the session's times at each request. On PostgreSQL there is no token, and no caching.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::db::ChangeToken;
 use crate::user::{Session, User};
@@ -19,6 +19,9 @@ use crate::user::{Session, User};
 /// starts over, so a server with more live users than this reads the store more often, never
 /// wrongly.
 const MAX_ENTRIES: usize = 4_096;
+
+/// A session and its user as the store gave them, shared by every request that finds them here.
+pub type CachedSession = (Arc<User>, Arc<Session>);
 
 /// The sessions read under one change token, by their digests.
 #[derive(Default)]
@@ -29,13 +32,13 @@ pub struct SessionCache {
 #[derive(Default)]
 struct State {
     token: Option<ChangeToken>,
-    sessions: HashMap<String, (User, Session)>,
+    sessions: HashMap<String, CachedSession>,
 }
 
 impl SessionCache {
     /// The session with this digest and its user, if it was read while the store's change
     /// token was `token` (the one it has now).
-    pub fn get(&self, digest: &str, token: &ChangeToken) -> Option<(User, Session)> {
+    pub fn get(&self, digest: &str, token: &ChangeToken) -> Option<CachedSession> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         if state.token.as_ref() != Some(token) {
             return None;
@@ -45,7 +48,7 @@ impl SessionCache {
 
     /// Keeps a session read from the store while its change token was `token` (taken before
     /// the read: a commit in between only makes the entry stale sooner).
-    pub fn put(&self, digest: &str, found: &(User, Session), token: ChangeToken) {
+    pub fn put(&self, digest: &str, found: &CachedSession, token: ChangeToken) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if state.token != Some(token) || state.sessions.len() >= MAX_ENTRIES {
             state.sessions.clear();
