@@ -141,13 +141,10 @@ impl Dialect for Sql {
         format!("?{n}")
     }
 
+    /// `col = +?n`: with the unary plus no plan depends on a bound value (see SELECT_SESSION;
+    /// the index on `col` serves as before).
     fn equals(col: &'static str, n: usize) -> String {
-        // A joined session's key: see SELECT_SESSION for the unary plus.
-        if col == "s.digest" {
-            format!("{col} = +?{n}")
-        } else {
-            format!("{col} = ?{n}")
-        }
+        format!("{col} = +?{n}")
     }
 }
 
