@@ -440,6 +440,14 @@ pub struct Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChangeToken([u8; 48]);
 
+#[cfg(test)]
+impl ChangeToken {
+    /// A token of 48 equal bytes, for the session cache's own tests.
+    pub(crate) fn of(byte: u8) -> ChangeToken {
+        ChangeToken([byte; 48])
+    }
+}
+
 /// What [`Db::replace_password`] requires to still hold.
 #[derive(Debug, Clone, Copy)]
 pub enum IfStill<'a> {

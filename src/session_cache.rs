@@ -57,3 +57,48 @@ impl SessionCache {
         state.sessions.insert(digest.to_owned(), found.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(n: usize) -> CachedSession {
+        let user = User {
+            id: n as i64,
+            email: format!("user{n}@example.com"),
+            hashed_password: "hash".into(),
+            session_id: Some(format!("digest{n}")),
+            reset_token: None,
+            reset_expires_at: None,
+        };
+        let session = Session {
+            handle: format!("handle{n}"),
+            user_id: n as i64,
+            created_at: 0,
+            seen_at: 0,
+        };
+        (Arc::new(user), Arc::new(session))
+    }
+
+    #[test]
+    fn entries_hold_under_their_token_only_and_the_cache_starts_over_when_full() {
+        let cache = SessionCache::default();
+        let (t1, t2) = (ChangeToken::of(1), ChangeToken::of(2));
+        for n in 0..MAX_ENTRIES {
+            cache.put(&format!("digest{n}"), &session(n), t1);
+        }
+        assert_eq!(cache.get("digest0", &t1), Some(session(0)));
+        assert_eq!(cache.get("digest0", &t2), None, "read under another token");
+
+        // One more than it holds: the cache starts over with the newest.
+        cache.put("digest-new", &session(MAX_ENTRIES), t1);
+        assert_eq!(cache.get("digest0", &t1), None);
+        assert_eq!(cache.get("digest-new", &t1), Some(session(MAX_ENTRIES)));
+
+        // An entry read under a new token drops every entry of the old one.
+        cache.put("digest1", &session(1), t2);
+        assert_eq!(cache.get("digest-new", &t1), None);
+        assert_eq!(cache.get("digest-new", &t2), None);
+        assert_eq!(cache.get("digest1", &t2), Some(session(1)));
+    }
+}

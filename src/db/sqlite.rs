@@ -110,6 +110,17 @@ fn wal_index(path: &Path) -> Option<Arc<File>> {
     Some(file)
 }
 
+/// The token in the WAL index's two header copies, if they are one intact header (see
+/// [`Sqlite::change_token`]).
+fn change_token(header: &[u8; 2 * WAL_INDEX_HEADER]) -> Option<ChangeToken> {
+    let (first, second) = header.split_at(WAL_INDEX_HEADER);
+    let word = |at: usize| u32::from_ne_bytes(first[at..at + 4].try_into().expect("4 bytes"));
+    let initialised = first[12] == 1;
+    let intact = wal_index_checksum(&first[..40]) == (word(40), word(44));
+    (first == second && word(0) == WAL_INDEX_VERSION && initialised && intact)
+        .then(|| ChangeToken(first.try_into().expect("one header")))
+}
+
 /// How long a connection waits on another's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -367,12 +378,7 @@ impl Sqlite {
             .as_ref()?
             .read_exact_at(&mut header, 0)
             .ok()?;
-        let (first, second) = header.split_at(WAL_INDEX_HEADER);
-        let word = |at: usize| u32::from_ne_bytes(first[at..at + 4].try_into().expect("4 bytes"));
-        let initialised = first[12] == 1;
-        let intact = wal_index_checksum(&first[..40]) == (word(40), word(44));
-        (first == second && word(0) == WAL_INDEX_VERSION && initialised && intact)
-            .then(|| ChangeToken(first.try_into().expect("one header")))
+        change_token(&header)
     }
 
     pub(super) fn ping(&self) -> Result<(), DbError> {
@@ -618,6 +624,36 @@ mod tests {
             "a commit after a checkpoint"
         );
         drop((db, other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_header_caught_mid_write_or_damaged_is_no_token() {
+        let dir = std::env::temp_dir().join(format!("auth-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Sqlite::open(&dir.join("auth.db")).unwrap();
+        db.add_user("bob@example.com", "hash").unwrap();
+        let mut header = [0u8; 2 * WAL_INDEX_HEADER];
+        std::fs::File::open(dir.join("auth.db-shm"))
+            .unwrap()
+            .read_exact_at(&mut header, 0)
+            .unwrap();
+        assert!(change_token(&header).is_some(), "SQLite's own header");
+
+        // The second copy already rewritten, the first not yet (SQLite writes them in turn).
+        let mut torn = header;
+        torn[WAL_INDEX_HEADER + 16] ^= 1;
+        assert_eq!(change_token(&torn), None);
+        // Both copies alike but a word changed under the checksum; and an unknown version.
+        let mut damaged = header;
+        damaged[16] ^= 1;
+        damaged[WAL_INDEX_HEADER + 16] ^= 1;
+        assert_eq!(change_token(&damaged), None);
+        let mut other_version = header;
+        other_version[0] ^= 1;
+        other_version[WAL_INDEX_HEADER] ^= 1;
+        assert_eq!(change_token(&other_version), None);
+        drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
