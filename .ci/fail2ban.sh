@@ -10,25 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
-fail() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
+source .ci/lib.sh
 
 if ! command -v fail2ban-regex >/dev/null || ! command -v fail2ban-client >/dev/null; then
-    step "apt-get install fail2ban"
-    # Install without starting Debian's fail2ban (policy-rc.d 101: do not start).
-    made_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fail2ban \
-        >/dev/null
-    if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    apt_install fail2ban
 fi
 fail2ban-client --version
 

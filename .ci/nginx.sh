@@ -14,27 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
-fail() {
-    echo "FAILED: $*" >&2
-    exit 1
-}
+source .ci/lib.sh
 
 missing=
 for tool in nginx openssl curl; do command -v "$tool" >/dev/null || missing=1; done
 if [ -n "$missing" ]; then
-    step "apt-get install nginx openssl curl"
-    # Install without starting Debian's own nginx on port 80 (policy-rc.d 101: do not start).
-    made_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        nginx openssl curl >/dev/null
-    if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    apt_install nginx openssl curl
 fi
 nginx -v
 

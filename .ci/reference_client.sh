@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+source .ci/lib.sh
 
 step "python3 with requests"
 if ! python3 -c 'import requests' 2>/dev/null; then
