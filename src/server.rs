@@ -171,17 +171,6 @@ impl Server {
             fatal: Mutex::new(None),
         }));
 
-        log::info(format_args!(
-            "auth-service listening on http://{addr} (db {})",
-            crate::db::display_location(&config.db)
-        ));
-        if config.policy.reset_command.is_none() {
-            log::warning(format_args!(
-                "POST /reset_password returns reset tokens in its response, as the reference \
-                 does; this is for development: set --reset-command to deliver them out of band"
-            ));
-        }
-
         let shutdown_grace = config.shutdown_grace;
         let config = Arc::new(config);
         // The slow lane: requests that run bcrypt wait here for one of `cores` threads, so the
@@ -212,6 +201,18 @@ impl Server {
             let lane = Arc::clone(&lane);
             let work = move |ctx: &Context<'_>| lane_loop(ctx, handler, &lane);
             start(format!("bcrypt-{i}"), db, Box::new(work))?;
+        }
+        // Announced once every thread of its own runs: a client that connects as soon as it
+        // reads this line (port 0) cannot take the threads the server needs to start.
+        log::info(format_args!(
+            "auth-service listening on http://{addr} (db {})",
+            crate::db::display_location(&config.db)
+        ));
+        if config.policy.reset_command.is_none() {
+            log::warning(format_args!(
+                "POST /reset_password returns reset tokens in its response, as the reference \
+                 does; this is for development: set --reset-command to deliver them out of band"
+            ));
         }
         Ok(Server {
             addr,
@@ -294,23 +295,24 @@ pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         signal_hook::consts::SIGINT,
     ])?;
     log::report_panics_in_format();
-    let server = Server::start(config)?;
-    let stopper = server.stopper();
-    let waiting = std::thread::Builder::new()
+    // The thread that waits for them starts before the server, so that every thread of the
+    // process runs by the time the listening line shows; it gets the stopper once there is one.
+    let (stopper_to, stopper) = std::sync::mpsc::channel::<Stopper>();
+    std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                log::info(format_args!(
-                    "auth-service: signal {signal}, finishing in-flight requests"
-                ));
-                stopper.stop();
+                if let Ok(stopper) = stopper.recv() {
+                    log::info(format_args!(
+                        "auth-service: signal {signal}, finishing in-flight requests"
+                    ));
+                    stopper.stop();
+                }
             }
-        });
-    if let Err(e) = waiting {
-        server.shutdown();
-        server.wait()?;
-        return Err(ServerError::Spawn(e).into());
-    }
+        })
+        .map_err(ServerError::Spawn)?;
+    let server = Server::start(config)?;
+    let _ = stopper_to.send(server.stopper());
     server.wait()?;
     Ok(())
 }

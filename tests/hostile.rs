@@ -904,6 +904,30 @@ fn running_out_of_descriptors_drops_connections_not_the_server() {
     verdict(&server, &problems);
 }
 
+/// The test below counts the threads a server starts with at its listening line, and an
+/// attacker may connect as soon as that line shows: by then every thread of the server's own
+/// must run. Before: the workers, the bcrypt lane, the signal thread and the connections'
+/// pool started after the line, and a server seen at it had anywhere from 2 to 17 threads of
+/// 17; under the thread limit below the attack then took the threads a worker needed, and the
+/// server gave up starting (seen in CI: "cannot start a thread", 69 of 100 connections).
+#[test]
+fn every_thread_of_the_server_runs_by_its_listening_line() {
+    let _serial = serial();
+    let mut problems = Vec::new();
+    for _ in 0..5 {
+        let server = start(&[], &[]);
+        let at_line = proc_status(server.child.id(), "Threads:");
+        sleep(ms(300));
+        let later = proc_status(server.child.id(), "Threads:");
+        if at_line != later {
+            problems.push(format!(
+                "{at_line:?} threads at the listening line, {later:?} 300 ms later"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 /// Attack 7b: run with `RLIMIT_NPROC` at 60 (as user 65534 when the test runs as root, since
 /// the limit does not bind root), about 100 connections that trickle a head, then close.
 /// Afterwards the server answers a probe within a second, or it has exited non-zero by itself;

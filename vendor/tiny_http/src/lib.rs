@@ -305,11 +305,14 @@ impl Server {
             refused: AtomicU64::new(0),
         });
 
+        // The connections' pool starts its idle threads here, not in the accept loop, so that
+        // every thread the server starts with runs when this returns.
+        let pool = util::TaskPool::new(shared.limits.connection_stack);
         let accept_shared = Arc::clone(&shared);
         let accept_listener = Arc::clone(&listener);
         thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept_loop(&accept_listener, &accept_shared))?;
+            .spawn(move || accept_loop(&accept_listener, &accept_shared, &pool))?;
 
         Ok(Server {
             shared,
@@ -408,7 +411,7 @@ impl Iterator for IncomingRequests<'_> {
 /// is closed at once and the loop goes on. An error that says the listening socket itself is
 /// gone ends the loop, and then `recv` reports it, so that the program can stop rather than
 /// wait for requests that will never come; a panic does the same.
-fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
+fn accept_loop(listener: &Listener, shared: &Arc<Shared>, pool: &util::TaskPool) {
     /// Reports the end of the loop to `recv` unless the server is stopping.
     struct Ended<'a>(&'a Shared);
     impl Drop for Ended<'_> {
@@ -421,7 +424,6 @@ fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
     }
     let ended = Ended(shared);
 
-    let pool = util::TaskPool::new(shared.limits.connection_stack);
     // A descriptor kept in reserve: when accept() fails for want of descriptors, closing this
     // one lets the waiting connection be accepted and closed, instead of left in the backlog.
     let mut spare = File::open("/dev/null").ok();
