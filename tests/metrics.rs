@@ -429,3 +429,86 @@ fn health_is_200_while_the_store_answers_and_503_when_it_cannot() {
     execute(&s.db_path(), "ALTER TABLE users_away RENAME TO users");
     assert_eq!(s.get("/health", None).status, 200, "it recovers by itself");
 }
+
+#[test]
+fn account_and_session_counters_move() {
+    const BOB: &str = "bob@example.com";
+    let ended = |how: &str| format!(r#"auth_sessions_ended_total{{how="{how}"}}"#);
+    let (logout, revoked, evicted, expired) = (
+        ended("logout"),
+        ended("revoked"),
+        ended("evicted"),
+        ended("expired"),
+    );
+    let limited = r#"auth_rate_limited_total{limit="registration"}"#;
+    let (changed, deleted, rehashed) = (
+        "auth_password_changes_total",
+        "auth_users_deleted_total",
+        "auth_rehashes_total",
+    );
+    let series = [
+        logout.as_str(),
+        revoked.as_str(),
+        evicted.as_str(),
+        expired.as_str(),
+        limited,
+        changed,
+        deleted,
+        rehashed,
+    ];
+    let mut s = TestServer::with(|c| {
+        c.metrics = true;
+        c.policy.max_sessions = 2;
+        // Long enough for the first part on a busy machine; the second waits it out.
+        c.policy.session_idle = 3;
+        c.policy.max_registrations = 2;
+    });
+    let with_cookie = |session: &str, method: &str, path: &str, pairs: &[(&str, &str)]| {
+        let cookie = format!("session_id={session}");
+        s.send(method, path, &[("Cookie", &cookie)], form(pairs).as_bytes())
+    };
+
+    s.register_ok("carol@example.com", "pw");
+    let before = Scrape::of(&s);
+    let first = s.register_and_log_in(BOB, "pw");
+    assert_eq!(s.register("eve@example.com", "pw").status, 429);
+    let second = s.log_in_ok(BOB, "pw");
+    let third = s.log_in_ok(BOB, "pw"); // evicts the first
+    assert_eq!(s.log_out(&third).status, 302);
+    let fourth = s.log_in_ok(BOB, "pw");
+    let r = s.delete("/sessions?scope=others", Some(&fourth)); // revokes the second
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = with_cookie(
+        &fourth,
+        "PUT",
+        "/password",
+        &[("password", "pw"), ("new_password", "pw2")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let after = Scrape::of(&s);
+    assert_eq!(
+        growth(&before, &after, &series),
+        [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    );
+    assert_eq!(s.profile(&first).status, 403, "evicted");
+    assert_eq!(s.profile(&second).status, 403, "revoked");
+
+    // Idle past --session-idle: found expired and deleted.
+    std::thread::sleep(Duration::from_millis(3_100));
+    assert_eq!(s.profile(&fourth).status, 403);
+    let fifth = s.log_in_ok(BOB, "pw2");
+    let r = with_cookie(&fifth, "DELETE", "/profile", &[("password", "pw2")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let later = Scrape::of(&s);
+    assert_eq!(
+        growth(&after, &later, &series),
+        [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    );
+
+    // Carol's hash, stored at cost 4, re-hashed at her first login at another cost.
+    s.config.policy.bcrypt_cost = 5;
+    let s = s.restart();
+    let before = Scrape::of(&s);
+    s.log_in_ok("carol@example.com", "pw");
+    assert_eq!(growth(&before, &Scrape::of(&s), &[rehashed]), [1.0]);
+}
